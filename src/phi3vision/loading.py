@@ -1,0 +1,250 @@
+"""Checkpoints: find them (Hub or local directory), read their files, put weights on modules.
+
+This is the only module that knows file names and checkpoint weight names. The checkpoint is
+the real model repository's layout::
+
+    config.json                      model_type phi3_v
+    preprocessor_config.json         num_crops, image_mean, image_std
+    tokenizer.json                   (tokenizer_config.json, special_tokens_map.json)
+    model.safetensors                or model-0000N-of-0000M.safetensors + model.safetensors.index.json
+
+Nothing else is read: no Python file of the repository is downloaded or run, and weights are
+read from safetensors only (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .modeling.phi3v import Phi3VForCausalLM
+
+DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+
+KNOWN_MODEL_IDS = ("microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct")
+
+CHECKPOINT_FILE_PATTERNS = [
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+]
+"""What is fetched from the Hub: data files only, never the repository's Python code."""
+
+WEIGHT_NAME_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("model.vision_embed_tokens.img_processor.vision_model.", "image_embedding.vision_tower.{vision}"),
+    ("model.vision_embed_tokens.", "image_embedding."),
+    ("model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
+"""Checkpoint weight-name prefix -> our module-name prefix, first match wins.
+
+``{vision}`` is ``"vision_model."`` where transformers' CLIPVisionModel nests its modules
+under ``vision_model`` (transformers 4.x) and ``""`` where it does not (5.x).
+"""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Checkpoint:
+    """The files of one checkpoint directory, read and checked (weights are not read yet)."""
+
+    directory: Path
+    config: dict[str, Any]
+    preprocessor: dict[str, Any]
+    tokenizer_file: Path
+    weight_files: list[Path]
+    model_id: str
+    revision: str | None = None
+    weight_index: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_directory(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local checkpoint directory for ``name_or_path``: the directory itself, or a Hub
+    snapshot (downloaded on first use, then taken from the cache; ``HF_HOME`` and
+    ``HF_HUB_OFFLINE`` are respected)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    text = str(name_or_path)
+    if path.exists():
+        raise CheckpointError(f"{text} is a file; name a checkpoint directory or a Hub model id")
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise CheckpointError(
+            f"no checkpoint directory at {text!r}, and it is not a Hub model id like {DEFAULT_MODEL_ID!r}"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, revision=revision, allow_patterns=CHECKPOINT_FILE_PATTERNS))
+    except Exception as exc:  # the hub library raises many types: network, auth, not found
+        raise CheckpointError(
+            f"could not get {text!r}"
+            + (f" at revision {revision!r}" if revision else "")
+            + f" from the Hugging Face Hub: {type(exc).__name__}: {exc}. Check the id and your "
+            "network, or pass a local checkpoint directory (with HF_HUB_OFFLINE=1 only the "
+            "local cache is used)."
+        ) from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file missing: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def open_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Checkpoint:
+    """Find and check a checkpoint's files (weights are only listed, not read)."""
+    directory = resolve_directory(name_or_path, revision)
+    config = _read_json(directory / "config.json")
+    preprocessor = _read_json(directory / "preprocessor_config.json")
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"checkpoint file missing: {tokenizer_file}")
+    index_file = directory / "model.safetensors.index.json"
+    weight_index: dict[str, Path] = {}
+    if (directory / "model.safetensors").is_file():
+        weight_files = [directory / "model.safetensors"]
+    elif index_file.is_file():
+        weight_map = _read_json(index_file).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index_file} has no weight_map")
+        weight_index = {name: directory / str(file) for name, file in weight_map.items()}
+        weight_files = sorted(set(weight_index.values()))
+        for file in weight_files:
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint file missing: {file} (named in {index_file.name})")
+    else:
+        raise CheckpointError(
+            f"no weights in {directory}: expected model.safetensors, or shards with "
+            "model.safetensors.index.json (only safetensors are loaded, never pickle files)"
+        )
+    is_local = Path(name_or_path).expanduser().is_dir()
+    return Checkpoint(
+        directory=directory,
+        config=config,
+        preprocessor=preprocessor,
+        tokenizer_file=tokenizer_file,
+        weight_files=weight_files,
+        model_id=str(Path(name_or_path).expanduser().resolve()) if is_local else str(name_or_path),
+        revision=None if is_local else revision,
+        weight_index=weight_index,
+    )
+
+
+def _vision_prefix(model: Phi3VForCausalLM) -> str:
+    return "vision_model." if hasattr(model.image_embedding.vision_tower, "vision_model") else ""
+
+
+def module_name(checkpoint_name: str, vision_prefix: str) -> str | None:
+    """Our parameter name for a checkpoint weight name, or None if no prefix matches."""
+    for source, target in WEIGHT_NAME_PREFIXES:
+        if checkpoint_name.startswith(source):
+            return target.format(vision=vision_prefix) + checkpoint_name[len(source) :]
+    return None
+
+
+def checkpoint_name(name: str, vision_prefix: str) -> str:
+    """The checkpoint weight name of one of our parameters (inverse of ``module_name``)."""
+    for source, target in WEIGHT_NAME_PREFIXES:
+        prefix = target.format(vision=vision_prefix)
+        if name.startswith(prefix):
+            return source + name[len(prefix) :]
+    raise KeyError(name)
+
+
+def expected_weight_names(model: Phi3VForCausalLM) -> dict[str, str]:
+    """Checkpoint weight name -> our parameter name, for every parameter of ``model``."""
+    vision = _vision_prefix(model)
+    return {checkpoint_name(name, vision): name for name, _ in model.named_parameters()}
+
+
+def build_empty_model(raw_config: dict[str, Any], attn_implementation: str) -> Phi3VForCausalLM:
+    """The model with parameters on the meta device (no memory, no init) and real buffers."""
+    from accelerate import init_empty_weights
+
+    from .modeling.config import build_configs
+    from .modeling.phi3v import Phi3VForCausalLM
+
+    configs = build_configs(raw_config, attn_implementation=attn_implementation)
+    with init_empty_weights(include_buffers=False):
+        model = Phi3VForCausalLM(configs)
+    return model
+
+
+def load_weights(
+    model: Phi3VForCausalLM,
+    checkpoint: Checkpoint,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Read the checkpoint's weights onto ``model``'s parameters, one tensor at a time.
+
+    Names and shapes are checked for the whole checkpoint before any tensor is read. Each
+    tensor goes from the file straight to its device and dtype, so no second full copy of the
+    weights exists at any point.
+    """
+    import torch
+    from safetensors import safe_open
+
+    expected = expected_weight_names(model)
+    params = dict(model.named_parameters())
+    found: dict[str, Path] = {}
+    for file in checkpoint.weight_files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    if name in found:
+                        raise CheckpointError(
+                            f"weight {name!r} is stored twice ({found[name].name}, {file.name})"
+                        )
+                    found[name] = file
+                    if name not in expected:
+                        raise CheckpointError(
+                            f"unexpected weight {name!r} in {file.name}: not part of a Phi-3-vision model"
+                        )
+                    shape = tuple(handle.get_slice(name).get_shape())
+                    want = tuple(params[expected[name]].shape)
+                    if shape != want:
+                        raise CheckpointError(
+                            f"weight {name!r} in {file.name} has shape {list(shape)}, but the model "
+                            f"built from config.json needs {list(want)}"
+                        )
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for broken files
+            raise CheckpointError(f"cannot read weights from {file}: {exc}") from exc
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint: {shown}")
+
+    for file in checkpoint.weight_files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name).to(device=device, dtype=dtype)
+                owner_name, _, attr = expected[name].rpartition(".")
+                owner = model.get_submodule(owner_name)
+                setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
+    model.to(device)  # the buffers (rotary frequencies, CLIP position ids), still on the CPU
+    model.eval()

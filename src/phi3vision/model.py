@@ -1,0 +1,581 @@
+"""``VisionModel``: one loaded checkpoint, its lifecycle (loaded -> closed), its device, dtype
+and attention implementation, and the lock that makes it safe to share between threads.
+
+The algorithms live elsewhere (processing/, modeling/, generation.py, tasks.py); this module
+wires them together and keeps the state.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import (
+    ContextLengthError,
+    ModelClosedError,
+    OutOfMemoryError,
+    Phi3VisionError,
+)
+from .loading import DEFAULT_MODEL_ID
+from .options import GenerationOptions, resolve_options
+from .prompt import Prompt, resolve_prompt
+from .results import ErrorInfo, Generation, ModelRef, Timings, Usage
+from .tasks import TaskMixin
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .images import ImagePolicy
+    from .loading import Checkpoint
+    from .modeling.phi3v import Phi3VForCausalLM
+    from .processing.processor import Encoding, Processor
+
+T = TypeVar("T")
+
+PromptInput = Prompt | str
+
+
+class ModelInfo(BaseModel):
+    """What was loaded and what was chosen (with the reason for each "auto" choice)."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_id: str
+    revision: str | None
+    directory: str
+    device: str
+    dtype: str
+    attn_implementation: str
+    reasons: dict[str, str]
+    num_parameters: int
+    num_crops: int
+    context_length: int
+    state: Literal["loaded", "closed"]
+
+
+class TokenCount(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    total: int
+    text_tokens: int
+    image_tokens: int
+    context_length: int
+
+    @property
+    def fits(self) -> bool:
+        return self.total < self.context_length
+
+
+class VisionModel(TaskMixin):
+    """A Phi-3-vision checkpoint ready for inference. Build it with ``from_pretrained``."""
+
+    def __init__(
+        self,
+        model: Phi3VForCausalLM,
+        processor: Processor,
+        checkpoint: Checkpoint,
+        device: torch.device,
+        dtype: torch.dtype,
+        attn_implementation: str,
+        reasons: dict[str, str],
+        image_policy: ImagePolicy | None = None,
+    ) -> None:
+        self._model: Phi3VForCausalLM | None = model
+        self.processor = processor
+        self._checkpoint = checkpoint
+        self.device = device
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self._reasons = reasons
+        self.image_policy = image_policy
+        self._num_parameters = sum(p.numel() for p in model.parameters())
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- construction and lifecycle -------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = DEFAULT_MODEL_ID,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "auto",
+        num_crops: int | None = None,
+        revision: str | None = None,
+        image_policy: ImagePolicy | None = None,
+    ) -> VisionModel:
+        """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
+        pins a branch, tag or commit) or a local directory in the same layout.
+
+        ``device``, ``dtype`` and ``attn_implementation`` default to "auto" (see ``info``);
+        ``num_crops`` overrides the checkpoint's preprocessor setting for every call.
+        """
+        from .devices import choose_attn_implementation, choose_device, choose_dtype
+        from .loading import build_empty_model, load_weights, open_checkpoint
+        from .processing.processor import Processor, check_num_crops
+        from .processing.tokenization import PromptTokenizer
+
+        checkpoint = open_checkpoint(name_or_path, revision)
+        torch_device, device_choice = choose_device(device)
+        torch_dtype, dtype_choice = choose_dtype(dtype, torch_device)
+        attn_choice = choose_attn_implementation(attn_implementation, torch_device, torch_dtype)
+        crops = check_num_crops(
+            num_crops if num_crops is not None else checkpoint.preprocessor.get("num_crops", 16)
+        )
+        model = build_empty_model(checkpoint.config, attn_choice.value)
+        with _device_errors():
+            load_weights(model, checkpoint, torch_device, torch_dtype)
+        processor = Processor(
+            PromptTokenizer.from_file(checkpoint.tokenizer_file),
+            num_crops=crops,
+            image_mean=checkpoint.preprocessor.get("image_mean", (0.48145466, 0.4578275, 0.40821073)),
+            image_std=checkpoint.preprocessor.get("image_std", (0.26862954, 0.26130258, 0.27577711)),
+        )
+        return cls(
+            model,
+            processor,
+            checkpoint,
+            torch_device,
+            torch_dtype,
+            attn_choice.value,
+            {
+                "device": device_choice.reason,
+                "dtype": dtype_choice.reason,
+                "attn_implementation": attn_choice.reason,
+            },
+            image_policy=image_policy,
+        )
+
+    @property
+    def state(self) -> Literal["loaded", "closed"]:
+        return "closed" if self._closed else "loaded"
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id=self._checkpoint.model_id,
+            revision=self._checkpoint.revision,
+            directory=str(self._checkpoint.directory),
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            attn_implementation=self.attn_implementation,
+            reasons=dict(self._reasons),
+            num_parameters=self._num_parameters,
+            num_crops=self.processor.num_crops,
+            context_length=self.context_length,
+            state=self.state,
+        )
+
+    @property
+    def context_length(self) -> int:
+        return int(self._checkpoint.config.get("max_position_embeddings", 4096))
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef(
+            model_id=self._checkpoint.model_id,
+            revision=self._checkpoint.revision,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            attn_implementation=self.attn_implementation,
+        )
+
+    @property
+    def module(self) -> Phi3VForCausalLM:
+        """The torch module (for advanced use); raises once the model is closed."""
+        if self._model is None:
+            raise ModelClosedError(
+                "this VisionModel was closed; load a new one with VisionModel.from_pretrained"
+            )
+        return self._model
+
+    def close(self) -> None:
+        """Release the weights (and GPU memory). Further use raises ``ModelClosedError``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._model = None
+            gc.collect()
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> VisionModel:
+        self.module  # noqa: B018 - raises if closed
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"VisionModel({self._checkpoint.model_id!r}, device={str(self.device)!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, attn={self.attn_implementation!r}, "
+            f"state={self.state!r})"
+        )
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _load_images(self, sources: Sequence[Any]) -> list[Image.Image]:
+        from .images import load_images
+
+        return load_images(sources, self.image_policy)
+
+    def _prepare(self, prompt: PromptInput, images: Sequence[Any] | None) -> tuple[str, list[Image.Image]]:
+        text, sources = resolve_prompt(prompt, images)
+        return text, self._load_images(sources)
+
+    def encode(
+        self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
+    ) -> Encoding:
+        """Model inputs for a prompt, exactly as the reference processor makes them."""
+        self.module  # noqa: B018 - raises if closed
+        text, loaded = self._prepare(prompt, images)
+        return self.processor.encode(text, loaded, num_crops)
+
+    def count_tokens(
+        self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
+    ) -> TokenCount:
+        """Text and image tokens of a prompt, without any model work."""
+        text, loaded = self._prepare(prompt, images)
+        ids = self.processor.token_ids(text, loaded, num_crops)
+        image_tokens = sum(1 for i in ids if i < 0)
+        return TokenCount(
+            total=len(ids),
+            text_tokens=len(ids) - image_tokens,
+            image_tokens=image_tokens,
+            context_length=self.context_length,
+        )
+
+    def _check_length(self, encoding: Encoding, options: GenerationOptions) -> None:
+        needed = encoding.num_tokens + options.max_new_tokens
+        if needed > self.context_length:
+            raise ContextLengthError(
+                f"the prompt takes {encoding.num_tokens} tokens ({encoding.num_image_tokens} for images) and "
+                f"max_new_tokens is {options.max_new_tokens}: {needed} > the context of "
+                f"{self.context_length}. "
+                "Use fewer or smaller images, a lower num_crops, a shorter prompt or fewer new tokens."
+            )
+
+    # -- model work -----------------------------------------------------------------------
+
+    def _embed(self, encoding: Encoding) -> torch.Tensor:
+        model = self.module
+        features = []
+        if encoding.image_token_counts:
+            features = model.image_features(encoding.pixel_values.to(self.device), encoding.image_sizes)
+        return model.embed(encoding.input_ids.to(self.device), [features])
+
+    def logits(self, encoding: Encoding) -> torch.Tensor:
+        """Float32 logits ``(1, L, vocab)`` of one forward pass over the whole prompt."""
+        import torch
+
+        with self._lock, _device_errors(), torch.inference_mode():
+            embeds = self._embed(encoding)
+            output = self.module(embeds, attention_mask=encoding.attention_mask.to(self.device))
+            return output.logits.float()
+
+    def _generate_rows(
+        self, encodings: Sequence[Encoding], options: GenerationOptions, started: float, preprocess_s: float
+    ) -> list[Generation]:
+        """Generate for several encodings at once (left padding), to the end."""
+        steps = self._step_rows(encodings, options, started, preprocess_s)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                results: list[Generation] = done.value
+                return results
+
+    def _step_rows(
+        self,
+        encodings: Sequence[Encoding],
+        options: GenerationOptions,
+        started: float,
+        preprocess_s: float,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> Iterator[None]:
+        """The heart of every call: yields after each decoding step, returns the results.
+
+        The caller holds the lock and inference mode around each ``next()``; nothing here
+        keeps model state between steps except this call's own KV cache.
+        """
+        import torch
+
+        from .generation import CompletionText, TokenChooser, decode_steps, stop_conditions
+
+        model = self.module
+        stop = stop_conditions(options, self.processor.tokenizer)
+        embeds = [self._embed(e)[0] for e in encodings]  # each (L_i, hidden)
+        length = max(e.shape[0] for e in embeds)
+        batch = torch.zeros(
+            len(embeds), length, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
+        )
+        mask = torch.zeros(len(embeds), length, dtype=torch.long, device=self.device)
+        ids = torch.full((len(embeds), length), -1, dtype=torch.long, device=self.device)
+        for row, (embed, encoding) in enumerate(zip(embeds, encodings, strict=True)):
+            batch[row, length - embed.shape[0] :] = embed
+            mask[row, length - embed.shape[0] :] = 1
+            ids[row, length - embed.shape[0] :] = encoding.input_ids[0].to(self.device)
+        texts = [CompletionText(self.processor.tokenizer, stop.strings) for _ in encodings]
+        finish: list[str | None] = [None] * len(encodings)
+        first_token_at: float | None = None
+        steps = decode_steps(
+            model, batch, mask, TokenChooser(options, self.device), options.max_new_tokens, ids
+        )
+        for tokens in steps:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            for row, token in enumerate(tokens.tolist()):
+                if finish[row] is not None:
+                    continue
+                if token in stop.token_ids:
+                    texts[row].token_ids.append(token)
+                    finish[row] = "stop"
+                    continue
+                delta = texts[row].add(token)
+                if texts[row].stopped_by_string:
+                    finish[row] = "stop"
+                if delta and on_text is not None:
+                    on_text(row, delta)
+            if all(f is not None for f in finish):
+                break
+            yield None
+        steps.close()
+        ended = time.perf_counter()
+        results = []
+        for row, (encoding, text) in enumerate(zip(encodings, texts, strict=True)):
+            tail = text.finish()
+            if tail and on_text is not None:
+                on_text(row, tail)
+            completion = len(text.token_ids)
+            ttft = (first_token_at or ended) - started
+            decode_s = max(0.0, ended - (first_token_at or ended))
+            results.append(
+                Generation(
+                    text=text.text,
+                    token_ids=list(text.token_ids),
+                    finish_reason="stop" if finish[row] == "stop" else "length",
+                    usage=Usage(
+                        prompt_tokens=encoding.num_tokens,
+                        image_tokens=encoding.num_image_tokens,
+                        completion_tokens=completion,
+                    ),
+                    timings=Timings(
+                        preprocess_s=preprocess_s,
+                        time_to_first_token_s=ttft,
+                        decode_s=decode_s,
+                        total_s=ended - started,
+                        tokens_per_second=(completion - 1) / decode_s
+                        if completion > 1 and decode_s > 0
+                        else 0.0,
+                    ),
+                    model=self.model_ref,
+                )
+            )
+        return results
+
+    def _start(
+        self,
+        prompt: PromptInput,
+        images: Sequence[Any] | None,
+        num_crops: int | None,
+        options: GenerationOptions | Mapping[str, Any] | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[Encoding, GenerationOptions, float, float]:
+        started = time.perf_counter()
+        resolved = resolve_options(options, overrides)
+        encoding = self.encode(prompt, images, num_crops=num_crops)
+        self._check_length(encoding, resolved)
+        return encoding, resolved, started, time.perf_counter() - started
+
+    def generate(
+        self,
+        prompt: PromptInput,
+        images: Sequence[Any] | None = None,
+        *,
+        num_crops: int | None = None,
+        options: GenerationOptions | Mapping[str, Any] | None = None,
+        **option_fields: Any,
+    ) -> Generation:
+        """Generate an answer. ``prompt`` is a ``Prompt`` (with its images) or a raw string
+        with ``<|image_N|>`` placeholders and ``images``. Options are ``GenerationOptions``
+        fields, as keywords (``max_new_tokens=64``) or ``options=``."""
+        import torch
+
+        encoding, resolved, started, preprocess_s = self._start(
+            prompt, images, num_crops, options, option_fields
+        )
+        with self._lock, _device_errors(), torch.inference_mode():
+            return self._generate_rows([encoding], resolved, started, preprocess_s)[0]
+
+    def stream(
+        self,
+        prompt: PromptInput,
+        images: Sequence[Any] | None = None,
+        *,
+        num_crops: int | None = None,
+        options: GenerationOptions | Mapping[str, Any] | None = None,
+        **option_fields: Any,
+    ) -> GenerationStream:
+        """Like ``generate``, but iterate over the returned stream to get text as it is made;
+        ``stream.result`` holds the final ``Generation`` (usage, timings) once it has ended."""
+        encoding, resolved, started, preprocess_s = self._start(
+            prompt, images, num_crops, options, option_fields
+        )
+        return GenerationStream(self, encoding, resolved, started, preprocess_s)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[PromptInput | tuple[str, Sequence[Any]]],
+        *,
+        batch_size: int = 4,
+        num_crops: int | None = None,
+        options: GenerationOptions | Mapping[str, Any] | None = None,
+        **option_fields: Any,
+    ) -> list[Generation]:
+        """Generate for many prompts, ``batch_size`` at a time, results in input order.
+
+        Each item is a ``Prompt`` or a ``(raw_text, images)`` pair. An item that fails (a bad
+        image, a bad prompt, too long) gets a result with ``finish_reason="error"`` and its
+        ``error``; the others complete. Greedy output equals running the prompts one by one.
+        """
+        import torch
+
+        from .errors import OptionsError
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
+        resolved = resolve_options(options, option_fields)
+        results: list[Generation | None] = [None] * len(prompts)
+        ready: list[tuple[int, Encoding, float, float]] = []
+        for index, item in enumerate(prompts):
+            started = time.perf_counter()
+            try:
+                prompt, images = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+                encoding = self.encode(prompt, images, num_crops=num_crops)
+                self._check_length(encoding, resolved)
+                ready.append((index, encoding, started, time.perf_counter() - started))
+            except Phi3VisionError as exc:
+                results[index] = self._failed(exc)
+        for start in range(0, len(ready), batch_size):
+            chunk = ready[start : start + batch_size]
+            began = time.perf_counter()
+            try:
+                with self._lock, _device_errors(), torch.inference_mode():
+                    generated = self._generate_rows(
+                        [encoding for _, encoding, _, _ in chunk],
+                        resolved,
+                        began,
+                        sum(p for _, _, _, p in chunk) / len(chunk),
+                    )
+            except (OutOfMemoryError, ContextLengthError) as exc:
+                generated = [self._failed(exc) for _ in chunk]
+            for (index, _, _, _), generation in zip(chunk, generated, strict=True):
+                results[index] = generation
+        return [r if r is not None else self._failed(Phi3VisionError("not run")) for r in results]
+
+    def _failed(self, exc: Exception) -> Generation:
+        return Generation(
+            text="",
+            finish_reason="error",
+            usage=Usage(prompt_tokens=0, image_tokens=0, completion_tokens=0),
+            timings=Timings(
+                preprocess_s=0.0, time_to_first_token_s=0.0, decode_s=0.0, total_s=0.0, tokens_per_second=0.0
+            ),
+            model=self.model_ref,
+            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
+        )
+
+
+class GenerationStream:
+    """Iterate for text deltas; ``result`` is the final ``Generation`` once iteration ended."""
+
+    def __init__(
+        self,
+        owner: VisionModel,
+        encoding: Encoding,
+        options: GenerationOptions,
+        started: float,
+        preprocess_s: float,
+    ) -> None:
+        self._owner = owner
+        self._encoding = encoding
+        self._options = options
+        self._started = started
+        self._preprocess_s = preprocess_s
+        self._result: Generation | None = None
+        self._iterator: Iterator[str] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    def _run(self) -> Iterator[str]:
+        import torch
+
+        owner = self._owner
+        pending: list[str] = []
+        steps = owner._step_rows(
+            [self._encoding],
+            self._options,
+            self._started,
+            self._preprocess_s,
+            on_text=lambda _row, delta: pending.append(delta),
+        )
+        while True:
+            # The lock is taken per step, so a stream left half-read never blocks other callers.
+            try:
+                with owner._lock, _device_errors(), torch.inference_mode():
+                    next(steps)
+            except StopIteration as done:
+                self._result = done.value[0]
+                break
+            yield from pending
+            pending.clear()
+        yield from pending
+
+    def close(self) -> None:
+        """Stop generating (if iteration was left unfinished) and free the KV cache."""
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+
+    @property
+    def result(self) -> Generation:
+        if self._result is None:
+            raise RuntimeError("the stream has not finished: iterate over it to the end first")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        return self.result.text
+
+
+@contextmanager
+def _device_errors() -> Iterator[None]:
+    """Turn an accelerator's out-of-memory error into ours, leaving the model usable."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemoryError(
+            "the device ran out of memory. Try a lower num_crops, fewer images, a smaller "
+            "max_new_tokens or batch_size, or a smaller dtype."
+        ) from exc

@@ -1,0 +1,78 @@
+"""Phi-3-vision = transformers' ``Phi3ForCausalLM`` + our ``ImageEmbedding``.
+
+Token ids follow the reference convention: image N of a prompt occupies positions holding
+``-N``. ``embed`` swaps those positions for image N's projected features; everything else is
+the plain Phi-3 language model (with the checkpoint's longrope rotary scaling).
+
+Pure torch: no I/O, no device policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Phi3ForCausalLM
+
+from .config import Phi3VConfigs
+from .image_embedding import ImageEmbedding
+
+
+class Phi3VForCausalLM(nn.Module):
+    def __init__(self, configs: Phi3VConfigs) -> None:
+        super().__init__()
+        self.configs = configs
+        self.language_model = Phi3ForCausalLM(configs.text)
+        self.image_embedding = ImageEmbedding(configs.image_embedding, configs.vision)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.configs.text.vocab_size)
+
+    def image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """Projected features of each image: ``(num_image_tokens_i, hidden)``."""
+        return self.image_embedding(pixel_values, image_sizes)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        image_features: Sequence[Sequence[torch.Tensor]] = (),
+    ) -> torch.Tensor:
+        """``(B, L)`` ids -> ``(B, L, hidden)`` embeddings with the images' features in place.
+
+        ``image_features[b][n - 1]`` is the feature tensor of image n of row b; its length must
+        equal the number of positions holding ``-n`` in that row.
+        """
+        embed_tokens = self.language_model.get_input_embeddings()
+        embeds = embed_tokens(input_ids.clamp(min=0))  # (B, L, hidden)
+        for row, features in enumerate(image_features):
+            for number, feats in enumerate(features, start=1):
+                positions = (input_ids[row] == -number).nonzero().squeeze(-1)  # (num_image_tokens,)
+                if positions.numel() != feats.shape[0]:
+                    raise ValueError(
+                        f"image {number} of row {row} has {feats.shape[0]} features but the ids "
+                        f"hold {positions.numel()} positions for it"
+                    )
+                embeds[row, positions] = feats.to(embeds.dtype)
+        return embeds
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ) -> Any:
+        """Run the language model on embeddings; returns transformers' CausalLMOutputWithPast."""
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+        )

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+GOLDEN = TESTS / "golden" / "phi3v-tiny"
+GOLDEN_CHECKPOINT = GOLDEN / "checkpoint"
+REFERENCE = TESTS / "reference"
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint() -> Path:
+    return GOLDEN_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def cpu_model():
+    """The golden tiny checkpoint on CPU in float32 (sdpa), shared by the whole session."""
+    from phi3vision import VisionModel
+
+    with VisionModel.from_pretrained(GOLDEN_CHECKPOINT, device="cpu", dtype="float32") as model:
+        yield model
