@@ -6,7 +6,7 @@ step's tokens; the caller decides when every row is done (stop tokens, stop stri
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +96,7 @@ def decode_steps(
     chooser: TokenChooser,
     max_new_tokens: int,
     prompt_ids: torch.Tensor | None = None,
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor, None, None]:
     """Yield ``(B,)`` next tokens, step after step, up to ``max_new_tokens`` steps.
 
     ``inputs_embeds`` is ``(B, L, hidden)`` and ``attention_mask`` ``(B, L)`` with zeros on the

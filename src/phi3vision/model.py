@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -306,7 +306,7 @@ class VisionModel(TaskMixin):
         started: float,
         preprocess_s: float,
         on_text: Callable[[int, str], None] | None = None,
-    ) -> Iterator[None]:
+    ) -> Generator[None, None, list[Generation]]:
         """The heart of every call: yields after each decoding step, returns the results.
 
         The caller holds the lock and inference mode around each ``next()``; nothing here

@@ -92,7 +92,7 @@ class ImageEmbedding(nn.Module):
         views = torch.cat(
             [pixel_values[i, :count] for i, count in enumerate(counts)]
         )  # (sum views, 3, 336, 336)
-        views = views.to(dtype=self.img_projection[0].weight.dtype)
+        views = views.to(dtype=self.glb_GN.dtype)
         features = self.patch_features(views)  # (sum views, 576, C)
         sequences = [
             self.hd_sequence(per_image, rows, cols)
