@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def _script_tokens(monkeypatch, tokens):
     """Make the model 'choose' these tokens, to test the loop's stopping logic."""
     from phi3vision import generation
 
-    script = iter(tokens)
+    script = itertools.chain(tokens, itertools.repeat(tokens[-1]))  # the loop may run ahead
     monkeypatch.setattr(
         generation.TokenChooser,
         "__call__",

@@ -89,23 +89,87 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def new_cache(model: Phi3VForCausalLM) -> Any:
+    """An empty KV cache for ``model``'s language model."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.configs.text)
+
+
+class StaticDecoder:
+    """The fast decode path: a static KV cache allocated once, and one compiled decode step
+    (torch.compile; with CUDA graphs on GPU) reused for every token.
+
+    Shapes must not change between steps for the compiled step to be reused: the cache has a
+    fixed length (the call's prompt plus new tokens, rounded up to a power of two so that calls
+    of similar length share one compiled graph) and the attention mask always covers all of it.
+    """
+
+    def __init__(self, model: Phi3VForCausalLM, compile: bool = True) -> None:
+        self.model = model
+        self._cache: Any = None
+        self._cache_shape: tuple[int, int] = (0, 0)
+        device_type = next(model.parameters()).device.type
+        mode = "reduce-overhead" if device_type == "cuda" else None  # reduce-overhead = CUDA graphs
+        self._step = (
+            torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
+        )
+
+    @staticmethod
+    def cache_length(length: int) -> int:
+        return max(256, 1 << (length - 1).bit_length())
+
+    def cache(self, batch: int, length: int) -> Any:
+        """A cleared static cache for ``batch`` rows of up to ``length`` positions."""
+        from transformers import StaticCache
+
+        shape = (batch, self.cache_length(length))
+        if self._cache is None or self._cache_shape != shape:
+            self._cache = None  # free the old one first
+            self._cache = StaticCache(config=self.model.configs.text, max_cache_len=shape[1])
+            self._cache_shape = shape
+        else:
+            self._cache.reset()
+        return self._cache
+
+    def _decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        embeds = self.model.language_model.get_input_embeddings()(tokens[:, None])  # (B, 1, hidden)
+        output = self.model(
+            embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1]  # (B, vocab)
+
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        return self._step(tokens, positions, attention_mask, cache)
+
+
 def decode_steps(
     model: Phi3VForCausalLM,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     chooser: TokenChooser,
     max_new_tokens: int,
+    cache: Any,
     prompt_ids: torch.Tensor | None = None,
+    static: StaticDecoder | None = None,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield ``(B,)`` next tokens, step after step, up to ``max_new_tokens`` steps.
 
-    ``inputs_embeds`` is ``(B, L, hidden)`` and ``attention_mask`` ``(B, L)`` with zeros on the
-    left padding. The KV cache lives for the length of the loop.
+    ``attention_mask`` ``(B, P + L)`` covers the ``P`` positions already in ``cache`` and the
+    ``L`` new ones whose embeddings are ``inputs_embeds`` ``(B, L, hidden)``; it has zeros on
+    the left padding. Tokens stay on the device: nothing here waits for the host. With
+    ``static``, ``cache`` is its static cache and each step runs its compiled step.
     """
-    from transformers import DynamicCache
-
-    cache: Any = DynamicCache(config=model.configs.text)
-    positions = left_padded_positions(attention_mask)  # (B, L)
+    past = cache.get_seq_length()
+    positions = left_padded_positions(attention_mask)[:, past:]  # (B, L)
     seen = prompt_ids if chooser.options.repetition_penalty != 1.0 else None
     output = model(
         inputs_embeds,
@@ -117,13 +181,24 @@ def decode_steps(
     )
     next_positions = positions[:, -1:] + 1  # (B, 1)
     embed_tokens = model.language_model.get_input_embeddings()
+    logits = output.logits[:, -1]
+    if static is not None:
+        # One mask over the whole static cache: positions not yet written are masked by causality.
+        full_mask = attention_mask.new_ones(
+            attention_mask.shape[0], static.cache_length(attention_mask.shape[1] + max_new_tokens)
+        )
+        full_mask[:, : attention_mask.shape[1]] = attention_mask
     for step in range(max_new_tokens):
-        tokens = chooser(output.logits[:, -1], seen)  # (B,)
+        tokens = chooser(logits, seen)  # (B,)
         yield tokens
         if step + 1 == max_new_tokens:
             return
         if seen is not None:
             seen = torch.cat([seen, tokens[:, None]], dim=1)
+        if static is not None:
+            logits = static.step(tokens, next_positions, full_mask, cache)
+            next_positions = next_positions + 1
+            continue
         attention_mask = torch.cat(
             [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1
         )
@@ -134,6 +209,7 @@ def decode_steps(
             past_key_values=cache,
             use_cache=True,
         )
+        logits = output.logits[:, -1]
         next_positions = next_positions + 1
 
 

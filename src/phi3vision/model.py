@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from .caches import PrefixEntry
     from .images import ImagePolicy
     from .loading import Checkpoint
     from .modeling.phi3v import Phi3VForCausalLM
@@ -87,7 +88,13 @@ class VisionModel(TaskMixin):
         attn_implementation: str,
         reasons: dict[str, str],
         image_policy: ImagePolicy | None = None,
+        feature_cache_size: int = 16,
+        reuse_prefix: bool = True,
+        compile: bool = False,
     ) -> None:
+        from .caches import FeatureCache
+        from .generation import StaticDecoder
+
         self._model: Phi3VForCausalLM | None = model
         self.processor = processor
         self._checkpoint = checkpoint
@@ -99,6 +106,15 @@ class VisionModel(TaskMixin):
         self._num_parameters = sum(p.numel() for p in model.parameters())
         self._lock = threading.RLock()
         self._closed = False
+        self._feature_cache = FeatureCache(feature_cache_size)
+        self.reuse_prefix = reuse_prefix and not compile
+        self._static = StaticDecoder(model, compile=True) if compile else None
+        self._prefix: PrefixEntry | None = None
+        self.prefix_reused_tokens = 0
+        """Prompt positions taken from an earlier call's KV cache instead of prefilled (a counter)."""
+        self._original_context = int(
+            checkpoint.config.get("original_max_position_embeddings", self.context_length)
+        )
 
     # -- construction and lifecycle -------------------------------------------------------
 
@@ -113,12 +129,24 @@ class VisionModel(TaskMixin):
         num_crops: int | None = None,
         revision: str | None = None,
         image_policy: ImagePolicy | None = None,
+        feature_cache_size: int = 16,
+        reuse_prefix: bool = True,
+        compile: bool = False,
     ) -> VisionModel:
         """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
         pins a branch, tag or commit) or a local directory in the same layout.
 
         ``device``, ``dtype`` and ``attn_implementation`` default to "auto" (see ``info``);
         ``num_crops`` overrides the checkpoint's preprocessor setting for every call.
+
+        Reuse of earlier work (both exact, both on by default): ``feature_cache_size`` image
+        features are kept by image content (0 disables), and with ``reuse_prefix`` the KV cache
+        of the last single-prompt call is kept so that a chat's next turn only prefills its
+        new tokens. ``clear_caches()`` frees both.
+
+        ``compile=True`` decodes with a static KV cache and a torch.compile'd step (CUDA graphs
+        on GPU): the fastest decoding, after a compilation of some seconds to a minute for each
+        new batch size and length bucket. It replaces ``reuse_prefix``.
         """
         from .devices import choose_attn_implementation, choose_device, choose_dtype
         from .loading import build_empty_model, load_weights, open_checkpoint
@@ -154,6 +182,9 @@ class VisionModel(TaskMixin):
                 "attn_implementation": attn_choice.reason,
             },
             image_policy=image_policy,
+            feature_cache_size=feature_cache_size,
+            reuse_prefix=reuse_prefix,
+            compile=compile,
         )
 
     @property
@@ -206,6 +237,8 @@ class VisionModel(TaskMixin):
                 return
             self._closed = True
             self._model = None
+            self._prefix = None
+            self._feature_cache.clear()
             gc.collect()
             if self.device.type == "cuda":
                 import torch
@@ -271,12 +304,88 @@ class VisionModel(TaskMixin):
 
     # -- model work -----------------------------------------------------------------------
 
-    def _embed(self, encoding: Encoding) -> torch.Tensor:
-        model = self.module
-        features = []
-        if encoding.image_token_counts:
-            features = model.image_features(encoding.pixel_values.to(self.device), encoding.image_sizes)
-        return model.embed(encoding.input_ids.to(self.device), [features])
+    def _image_keys(self, encoding: Encoding) -> list[str]:
+        """Content keys of the encoding's images (computed once per encoding)."""
+        if encoding.image_keys is None:
+            from .caches import image_key
+            from .images import image_fingerprint
+
+            encoding.image_keys = [
+                image_key(image_fingerprint(i), encoding.num_crops) for i in encoding.images
+            ]
+        return encoding.image_keys
+
+    def _image_features(self, encoding: Encoding, numbers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Projected features of images ``numbers`` (1-based): from the feature cache where
+        possible, the rest through the vision tower in one batch."""
+        import torch
+
+        use_cache = self._feature_cache.capacity > 0
+        keys = self._image_keys(encoding) if use_cache else []
+        features: dict[int, torch.Tensor] = {}
+        missing = []
+        for number in numbers:
+            cached = self._feature_cache.get(keys[number - 1]) if use_cache else None
+            if cached is None:
+                missing.append(number)
+            else:
+                features[number] = cached
+        if missing:
+            index = torch.tensor([number - 1 for number in missing])
+            computed = self.module.image_features(
+                encoding.pixel_values[index].to(self.device), encoding.image_sizes[index]
+            )
+            for number, feats in zip(missing, computed, strict=True):
+                features[number] = feats
+                if use_cache:
+                    self._feature_cache.put(keys[number - 1], feats)
+        return features
+
+    def _embed(self, encoding: Encoding, start: int = 0) -> torch.Tensor:
+        """Embeddings ``(1, L - start, hidden)`` of the encoding's positions from ``start``."""
+        ids = encoding.input_ids[:, start:].to(self.device)
+        numbers = sorted({-int(i) for i in ids[0].unique() if i < 0})
+        return self.module.embed(ids, [self._image_features(encoding, numbers)])
+
+    def clear_caches(self) -> None:
+        """Forget cached image features and the last prompt's KV cache (frees their memory)."""
+        with self._lock:
+            self._feature_cache.clear()
+            self._prefix = None
+
+    def _take_prefix(self, encoding: Encoding) -> tuple[Any, int]:
+        """A KV cache for this call and how many of its leading positions are already filled.
+
+        The last call's cache is reused up to the longest exactly-equal prefix (tokens and
+        images). Only prompts within the short-rotary range qualify: past it the reference
+        recomputes every position with the long factors.
+        """
+        from .caches import reusable_length
+        from .generation import new_cache
+
+        entry, self._prefix = self._prefix, None  # this call owns it now
+        fits_short = encoding.num_tokens <= self._original_context
+        if entry is None or not fits_short:
+            return new_cache(self.module), 0
+        keys = self._image_keys(encoding) if encoding.images else []
+        reuse = reusable_length(entry, encoding.input_ids[0].tolist(), keys)
+        if reuse == 0:
+            return new_cache(self.module), 0
+        entry.cache.crop(reuse - entry.cache.get_seq_length())
+        self.prefix_reused_tokens += reuse
+        return entry.cache, reuse
+
+    def _keep_prefix(self, encoding: Encoding, cache: Any, generated: list[int]) -> None:
+        """Keep this call's KV cache for the next call (single prompts in the short range)."""
+        from .caches import PrefixEntry
+
+        if not self.reuse_prefix or encoding.num_tokens > self._original_context:
+            return
+        token_ids = encoding.input_ids[0].tolist() + generated
+        if cache.get_seq_length() != len(token_ids):
+            return  # not what we think it holds: never reuse a cache we cannot describe exactly
+        keys = self._image_keys(encoding) if encoding.images else []
+        self._prefix = PrefixEntry(token_ids=token_ids, image_keys=keys, cache=cache)
 
     def logits(self, encoding: Encoding) -> torch.Tensor:
         """Float32 logits ``(1, L, vocab)`` of one forward pass over the whole prompt."""
@@ -306,6 +415,7 @@ class VisionModel(TaskMixin):
         started: float,
         preprocess_s: float,
         on_text: Callable[[int, str], None] | None = None,
+        sync_every: int = 8,
     ) -> Generator[None, None, list[Generation]]:
         """The heart of every call: yields after each decoding step, returns the results.
 
@@ -314,46 +424,64 @@ class VisionModel(TaskMixin):
         """
         import torch
 
-        from .generation import CompletionText, TokenChooser, decode_steps, stop_conditions
+        from .generation import CompletionText, TokenChooser, decode_steps, new_cache, stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
-        embeds = [self._embed(e)[0] for e in encodings]  # each (L_i, hidden)
-        length = max(e.shape[0] for e in embeds)
+        length = max(e.num_tokens for e in encodings)
+        if self._static is not None:
+            cache, past = self._static.cache(len(encodings), length + options.max_new_tokens), 0
+        elif len(encodings) == 1:
+            cache, past = self._take_prefix(encodings[0])
+        else:
+            cache, past = new_cache(model), 0
+        embeds = [self._embed(e, past)[0] for e in encodings]  # each (L_i - past, hidden)
         batch = torch.zeros(
-            len(embeds), length, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
+            len(embeds), length - past, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
         )
         mask = torch.zeros(len(embeds), length, dtype=torch.long, device=self.device)
         ids = torch.full((len(embeds), length), -1, dtype=torch.long, device=self.device)
         for row, (embed, encoding) in enumerate(zip(embeds, encodings, strict=True)):
-            batch[row, length - embed.shape[0] :] = embed
-            mask[row, length - embed.shape[0] :] = 1
-            ids[row, length - embed.shape[0] :] = encoding.input_ids[0].to(self.device)
+            batch[row, batch.shape[1] - embed.shape[0] :] = embed
+            mask[row, length - encoding.num_tokens :] = 1
+            ids[row, length - encoding.num_tokens :] = encoding.input_ids[0].to(self.device)
         texts = [CompletionText(self.processor.tokenizer, stop.strings) for _ in encodings]
         finish: list[str | None] = [None] * len(encodings)
         first_token_at: float | None = None
-        steps = decode_steps(
-            model, batch, mask, TokenChooser(options, self.device), options.max_new_tokens, ids
-        )
+        chooser = TokenChooser(options, self.device)
+        steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, self._static)
+        fed: list[torch.Tensor] = []  # generated tokens, as the device made them
+        pending: list[torch.Tensor] = []
         for tokens in steps:
+            fed.append(tokens)
+            pending.append(tokens)
+            if len(pending) < sync_every and len(fed) < options.max_new_tokens:
+                continue  # let the device run ahead; look at the tokens in chunks
             if first_token_at is None:
                 first_token_at = time.perf_counter()
-            for row, token in enumerate(tokens.tolist()):
-                if finish[row] is not None:
-                    continue
-                if token in stop.token_ids:
-                    texts[row].token_ids.append(token)
-                    finish[row] = "stop"
-                    continue
-                delta = texts[row].add(token)
-                if texts[row].stopped_by_string:
-                    finish[row] = "stop"
-                if delta and on_text is not None:
-                    on_text(row, delta)
+            chunk = torch.stack(pending, dim=1).tolist()  # (B, chunk): one wait for the device
+            pending.clear()
+            for row, row_tokens in enumerate(chunk):
+                for token in row_tokens:
+                    if finish[row] is not None:
+                        break
+                    if token in stop.token_ids:
+                        texts[row].token_ids.append(token)
+                        finish[row] = "stop"
+                        break
+                    delta = texts[row].add(token)
+                    if texts[row].stopped_by_string:
+                        finish[row] = "stop"
+                    if delta and on_text is not None:
+                        on_text(row, delta)
             if all(f is not None for f in finish):
                 break
             yield None
         steps.close()
+        if len(encodings) == 1 and self._static is None:
+            self._keep_prefix(
+                encodings[0], cache, [int(t) for t in torch.cat(fed[:-1]).tolist()] if len(fed) > 1 else []
+            )
         ended = time.perf_counter()
         results = []
         for row, (encoding, text) in enumerate(zip(encodings, texts, strict=True)):
@@ -535,6 +663,7 @@ class GenerationStream:
             self._started,
             self._preprocess_s,
             on_text=lambda _row, delta: pending.append(delta),
+            sync_every=1,
         )
         while True:
             # The lock is taken per step, so a stream left half-read never blocks other callers.

@@ -22,12 +22,22 @@ IMAGE_CASES = CASES["image_processor"]
 MODEL_CASES = {case["name"]: case for case in CASES["model"]}
 
 
-@pytest.fixture(scope="module", params=["eager", "sdpa"])
+# Every way of running the model must give the reference's results: both attention
+# implementations, the caches of earlier work off, and the static-cache compiled decoder.
+VARIANTS = {
+    "eager": {"attn_implementation": "eager"},
+    "sdpa": {"attn_implementation": "sdpa"},
+    "sdpa-no-reuse": {"attn_implementation": "sdpa", "feature_cache_size": 0, "reuse_prefix": False},
+    "sdpa-compiled": {"attn_implementation": "sdpa", "compile": True},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def golden_model(request):
     model = VisionModel.from_pretrained(
-        GOLDEN / "checkpoint", device="cpu", dtype="float32", attn_implementation=request.param
+        GOLDEN / "checkpoint", device="cpu", dtype="float32", **VARIANTS[request.param]
     )
-    assert model.attn_implementation == request.param
+    assert model.attn_implementation == VARIANTS[request.param]["attn_implementation"]
     yield model
     model.close()
 

@@ -136,6 +136,12 @@ def build_configs(raw: dict[str, Any], attn_implementation: str = "sdpa") -> Phi
     text_kwargs["rope_parameters"] = rope_parameters(raw)
     text_kwargs.pop("rope_scaling", None)
     text_kwargs.pop("rope_theta", None)
+    window = text_kwargs.get("sliding_window")
+    if window is not None and window >= int(raw.get("max_position_embeddings", 4096)):
+        # A window as long as the context never excludes a key: plain causal attention is the
+        # same computation, and it keeps the KV cache free of per-step Python state (which
+        # would make torch.compile recompile at every step).
+        text_kwargs["sliding_window"] = None
     try:
         text = Phi3Config(**text_kwargs)
     except (TypeError, ValueError, KeyError) as exc:

@@ -9,7 +9,7 @@ Pure torch: no I/O, no device policy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,22 +38,26 @@ class Phi3VForCausalLM(nn.Module):
     def embed(
         self,
         input_ids: torch.Tensor,
-        image_features: Sequence[Sequence[torch.Tensor]] = (),
+        image_features: Sequence[Mapping[int, torch.Tensor]] = (),
     ) -> torch.Tensor:
         """``(B, L)`` ids -> ``(B, L, hidden)`` embeddings with the images' features in place.
 
-        ``image_features[b][n - 1]`` is the feature tensor of image n of row b; its length must
-        equal the number of positions holding ``-n`` in that row.
+        ``image_features[b][n]`` is the feature tensor of image n of row b; its length must
+        equal the number of positions holding ``-n`` in that row. Every image whose id occurs
+        in ``input_ids`` must have features.
         """
         embed_tokens = self.language_model.get_input_embeddings()
         embeds = embed_tokens(input_ids.clamp(min=0))  # (B, L, hidden)
-        for row, features in enumerate(image_features):
-            for number, feats in enumerate(features, start=1):
+        for row in range(input_ids.shape[0]):
+            features = image_features[row] if row < len(image_features) else {}
+            numbers = sorted({-int(i) for i in input_ids[row].unique() if i < 0})
+            for number in numbers:
                 positions = (input_ids[row] == -number).nonzero().squeeze(-1)  # (num_image_tokens,)
-                if positions.numel() != feats.shape[0]:
+                feats = features.get(number)
+                if feats is None or positions.numel() != feats.shape[0]:
                     raise ValueError(
-                        f"image {number} of row {row} has {feats.shape[0]} features but the ids "
-                        f"hold {positions.numel()} positions for it"
+                        f"image {number} of row {row} occupies {positions.numel()} positions but has "
+                        f"{'no' if feats is None else feats.shape[0]} features"
                     )
                 embeds[row, positions] = feats.to(embeds.dtype)
         return embeds

@@ -35,6 +35,8 @@ class Encoding:
     num_crops: int
     image_token_counts: list[int] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list, repr=False)
+    image_keys: list[str] | None = field(default=None, repr=False)
+    """Content keys of the images, filled in when a cache needs them."""
 
     @property
     def num_tokens(self) -> int:
