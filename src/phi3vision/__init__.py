@@ -32,6 +32,7 @@ _EXPORTS = {
     "Extraction": "tasks",
     "TaskPrompts": "tasks",
     "ImagePolicy": "images",
+    "RequestLimits": "limits",
     "load_image": "images",
     "Encoding": "processing.processor",
     "DEFAULT_MODEL_ID": "loading",
@@ -73,6 +74,7 @@ __all__ = [
     "Phi3VisionError",
     "Prompt",
     "PromptError",
+    "RequestLimits",
     "TaskPrompts",
     "TextExtraction",
     "Timings",
@@ -112,6 +114,7 @@ if TYPE_CHECKING:
         PromptError,
     )
     from .images import ImagePolicy, load_image
+    from .limits import RequestLimits
     from .loading import DEFAULT_MODEL_ID
     from .model import GenerationStream, ModelInfo, TokenCount, VisionModel
     from .options import GenerationOptions

@@ -23,6 +23,7 @@ from .errors import (
     OutOfMemoryError,
     Phi3VisionError,
 )
+from .limits import RequestLimits
 from .loading import DEFAULT_MODEL_ID
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt, resolve_prompt
@@ -91,6 +92,7 @@ class VisionModel(TaskMixin):
         feature_cache_size: int = 16,
         reuse_prefix: bool = True,
         compile: bool = False,
+        limits: RequestLimits | None = None,
     ) -> None:
         from .caches import FeatureCache
         from .generation import StaticDecoder
@@ -103,6 +105,7 @@ class VisionModel(TaskMixin):
         self.attn_implementation = attn_implementation
         self._reasons = reasons
         self.image_policy = image_policy
+        self.limits = limits or RequestLimits()
         self._num_parameters = sum(p.numel() for p in model.parameters())
         self._lock = threading.RLock()
         self._closed = False
@@ -132,12 +135,15 @@ class VisionModel(TaskMixin):
         feature_cache_size: int = 16,
         reuse_prefix: bool = True,
         compile: bool = False,
+        limits: RequestLimits | None = None,
     ) -> VisionModel:
         """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
         pins a branch, tag or commit) or a local directory in the same layout.
 
         ``device``, ``dtype`` and ``attn_implementation`` default to "auto" (see ``info``);
         ``num_crops`` overrides the checkpoint's preprocessor setting for every call.
+        ``image_policy`` (phi3vision.ImagePolicy) limits what images are read and how (sizes,
+        URLs); ``limits`` (phi3vision.RequestLimits) what one prompt may ask for.
 
         Reuse of earlier work (both exact, both on by default): ``feature_cache_size`` image
         features are kept by image content (0 disables), and with ``reuse_prefix`` the KV cache
@@ -185,6 +191,7 @@ class VisionModel(TaskMixin):
             feature_cache_size=feature_cache_size,
             reuse_prefix=reuse_prefix,
             compile=compile,
+            limits=limits,
         )
 
     @property
@@ -268,6 +275,7 @@ class VisionModel(TaskMixin):
 
     def _prepare(self, prompt: PromptInput, images: Sequence[Any] | None) -> tuple[str, list[Image.Image]]:
         text, sources = resolve_prompt(prompt, images)
+        self.limits.check_images(len(sources))
         return text, self._load_images(sources)
 
     def encode(
@@ -293,6 +301,7 @@ class VisionModel(TaskMixin):
         )
 
     def _check_length(self, encoding: Encoding, options: GenerationOptions) -> None:
+        self.limits.check_tokens(encoding.num_tokens, encoding.num_image_tokens)
         needed = encoding.num_tokens + options.max_new_tokens
         if needed > self.context_length:
             raise ContextLengthError(

@@ -1,0 +1,43 @@
+"""Per-request limits, checked after the images are read and before any model work.
+
+Pixel and byte limits of each image live in ``ImagePolicy`` (phi3vision.images); these are
+the limits of one prompt as a whole.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ContextLengthError, PromptError
+
+
+class RequestLimits(BaseModel):
+    """What one prompt may ask for. ``None`` means no limit beyond the model's context."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_images: int = Field(32, ge=1, description="Images in one prompt")
+    max_image_tokens: int | None = Field(
+        None, ge=1, description="Prompt positions all images of one prompt may take together"
+    )
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Prompt length, images included")
+
+    def check_images(self, count: int) -> None:
+        if count > self.max_images:
+            raise PromptError(
+                f"the prompt has {count} images but at most {self.max_images} are allowed; send fewer "
+                "images per prompt or raise RequestLimits(max_images=...)"
+            )
+
+    def check_tokens(self, prompt_tokens: int, image_tokens: int) -> None:
+        if self.max_image_tokens is not None and image_tokens > self.max_image_tokens:
+            raise ContextLengthError(
+                f"the images take {image_tokens} prompt tokens but at most {self.max_image_tokens} are "
+                "allowed; use a lower num_crops or fewer images, or raise RequestLimits(max_image_tokens=...)"
+            )
+        if self.max_prompt_tokens is not None and prompt_tokens > self.max_prompt_tokens:
+            raise ContextLengthError(
+                f"the prompt takes {prompt_tokens} tokens but at most {self.max_prompt_tokens} are "
+                "allowed; shorten it, use a lower num_crops or fewer images, or raise "
+                "RequestLimits(max_prompt_tokens=...)"
+            )
