@@ -15,6 +15,7 @@ read from safetensors only (never pickle).
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
     from .modeling.phi3v import Phi3VForCausalLM
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+
+MODEL_ENV_VAR = "PHI3VISION_MODEL"
+
+
+def default_model() -> str:
+    """The checkpoint used when none is named: ``$PHI3VISION_MODEL``, else the 128k model."""
+    return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID
+
 
 KNOWN_MODEL_IDS = ("microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct")
 

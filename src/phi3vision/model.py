@@ -24,7 +24,7 @@ from .errors import (
     Phi3VisionError,
 )
 from .limits import RequestLimits
-from .loading import DEFAULT_MODEL_ID
+from .loading import default_model
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt, resolve_prompt
 from .results import ErrorInfo, Generation, ModelRef, Timings, Usage
@@ -124,7 +124,7 @@ class VisionModel(TaskMixin):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | Path = DEFAULT_MODEL_ID,
+        name_or_path: str | Path | None = None,
         *,
         device: str = "auto",
         dtype: str = "auto",
@@ -138,7 +138,9 @@ class VisionModel(TaskMixin):
         limits: RequestLimits | None = None,
     ) -> VisionModel:
         """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
-        pins a branch, tag or commit) or a local directory in the same layout.
+        pins a branch, tag or commit) or a local directory in the same layout. Without a
+        name, the ``PHI3VISION_MODEL`` environment variable names it, else
+        ``microsoft/Phi-3-vision-128k-instruct``.
 
         ``device``, ``dtype`` and ``attn_implementation`` default to "auto" (see ``info``);
         ``num_crops`` overrides the checkpoint's preprocessor setting for every call.
@@ -159,7 +161,7 @@ class VisionModel(TaskMixin):
         from .processing.processor import Processor, check_num_crops
         from .processing.tokenization import PromptTokenizer
 
-        checkpoint = open_checkpoint(name_or_path, revision)
+        checkpoint = open_checkpoint(default_model() if name_or_path is None else name_or_path, revision)
         torch_device, device_choice = choose_device(device)
         torch_dtype, dtype_choice = choose_dtype(dtype, torch_device)
         attn_choice = choose_attn_implementation(attn_implementation, torch_device, torch_dtype)
