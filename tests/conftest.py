@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from phi3vision import VisionModel
 
 TESTS = Path(__file__).parent
 GOLDEN = TESTS / "golden" / "phi3v-tiny"
@@ -16,7 +21,7 @@ def golden_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_model():
+def cpu_model() -> Iterator[VisionModel]:
     """The golden tiny checkpoint on CPU in float32 (sdpa), shared by the whole session."""
     from phi3vision import VisionModel
 
