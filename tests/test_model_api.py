@@ -24,7 +24,7 @@ from phi3vision import (
     PromptError,
     VisionModel,
 )
-from phi3vision.generation import stop_conditions
+from phi3vision.stopping import stop_conditions
 
 from .conftest import GOLDEN, GOLDEN_CHECKPOINT
 
@@ -95,6 +95,8 @@ def test_lifecycle_context_manager_and_close():
         lambda: model.generate(TEXT_PROMPT, max_new_tokens=2),
         lambda: model.encode(TEXT_PROMPT),
         lambda: model.describe(SQUARE),
+        lambda: model.count_tokens(TEXT_PROMPT),
+        lambda: model.generate_batch([(TEXT_PROMPT, [])]),
         lambda: model.module,
     ):
         with pytest.raises(ModelClosedError, match="closed"):

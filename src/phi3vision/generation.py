@@ -6,42 +6,15 @@ step's tokens; the caller decides when every row is done (stop tokens, stop stri
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .options import GenerationOptions
-from .processing.tokenization import DEFAULT_STOP_TOKEN_IDS, PromptTokenizer
 
 if TYPE_CHECKING:
     from .modeling.phi3v import Phi3VForCausalLM
-
-
-@dataclass(frozen=True)
-class StopConditions:
-    token_ids: frozenset[int]
-    strings: tuple[str, ...]
-
-
-def stop_conditions(options: GenerationOptions, tokenizer: PromptTokenizer) -> StopConditions:
-    """``stop=None``: the default stop tokens; otherwise exactly the ids and strings given.
-    A string that is one special token of the vocabulary (``"<|end|>"``) stops as that id."""
-    if options.stop is None:
-        return StopConditions(frozenset(DEFAULT_STOP_TOKEN_IDS), ())
-    ids: set[int] = set()
-    strings: list[str] = []
-    for item in options.stop:
-        if isinstance(item, int):
-            ids.add(item)
-            continue
-        token_id = tokenizer.token_id(item)
-        if token_id is not None and item.startswith("<|") and item.endswith("|>"):
-            ids.add(token_id)
-        else:
-            strings.append(item)
-    return StopConditions(frozenset(ids), tuple(strings))
 
 
 class TokenChooser:
@@ -211,54 +184,3 @@ def decode_steps(
         )
         logits = output.logits[:, -1]
         next_positions = next_positions + 1
-
-
-class CompletionText:
-    """Turns generated ids into text, streaming-safe: it never emits half of a UTF-8 character
-    or the beginning of what may turn out to be a stop string, and it cuts at a stop string."""
-
-    def __init__(self, tokenizer: PromptTokenizer, stop_strings: Sequence[str] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.stop_strings = tuple(stop_strings)
-        self.token_ids: list[int] = []
-        self.emitted = ""
-        self.stopped_by_string = False
-        self._text = ""
-
-    def add(self, token_id: int) -> str:
-        """Add a token; returns the new text that is safe to show."""
-        self.token_ids.append(token_id)
-        text = self.tokenizer.decode(self.token_ids)
-        for stop in self.stop_strings:
-            at = text.find(stop)
-            if at >= 0:
-                text = text[:at]
-                self.stopped_by_string = True
-        self._text = text
-        safe = text if self.stopped_by_string else self._holdback(text)
-        if not safe.startswith(self.emitted):
-            return ""  # decoding shifted earlier text (rare); the rest comes out at finish()
-        delta, self.emitted = safe[len(self.emitted) :], safe
-        return delta
-
-    def _holdback(self, text: str) -> str:
-        text = text.rstrip("\ufffd")  # an incomplete multi-byte character
-        keep = len(text)
-        for stop in self.stop_strings:
-            for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:size]):
-                    keep = min(keep, len(text) - size)
-                    break
-        return text[:keep]
-
-    def finish(self) -> str:
-        """The rest of the text, once generation has ended."""
-        if not self._text.startswith(self.emitted):
-            self.emitted = self._text
-            return ""
-        delta, self.emitted = self._text[len(self.emitted) :], self._text
-        return delta
-
-    @property
-    def text(self) -> str:
-        return self._text

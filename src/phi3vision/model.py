@@ -292,6 +292,7 @@ class VisionModel(TaskMixin):
         self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
     ) -> TokenCount:
         """Text and image tokens of a prompt, without any model work."""
+        self.module  # noqa: B018 - raises if closed
         text, loaded = self._prepare(prompt, images)
         ids = self.processor.token_ids(text, loaded, num_crops)
         image_tokens = sum(1 for i in ids if i < 0)
@@ -435,7 +436,8 @@ class VisionModel(TaskMixin):
         """
         import torch
 
-        from .generation import CompletionText, TokenChooser, decode_steps, new_cache, stop_conditions
+        from .generation import TokenChooser, decode_steps, new_cache
+        from .stopping import CompletionText, stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
@@ -595,6 +597,7 @@ class VisionModel(TaskMixin):
 
         from .errors import OptionsError
 
+        self.module  # noqa: B018 - raises if closed
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
         resolved = resolve_options(options, option_fields)

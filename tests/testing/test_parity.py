@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from phi3vision import GenerationOptions, Phi3VisionError, Prompt, VisionModel
-from phi3vision.generation import stop_conditions
+from phi3vision import Phi3VisionError, Prompt, VisionModel
 from phi3vision.testing import FakeVisionModel
-from phi3vision.testing.fake import _stop_conditions, packaged_tokenizer
 
 from .conftest import make_photo
 
@@ -132,24 +130,6 @@ def test_encode_gives_the_real_model_inputs(tiny_vision_model: VisionModel) -> N
     assert torch.equal(fake.pixel_values, real.pixel_values)
     assert torch.equal(fake.image_sizes, real.image_sizes)
     assert fake.image_token_counts == real.image_token_counts
-
-
-@pytest.mark.parametrize(
-    "stop",
-    [
-        None,
-        (),
-        ("<|end|>",),
-        ("\n", "<|endoftext|>"),
-        (13, 32007),
-        ("<|user|>", "stop here"),
-        ("<|nonsense|>",),
-    ],
-)
-def test_stop_rules_are_the_engines(stop: tuple[str | int, ...] | None) -> None:
-    options = GenerationOptions(stop=stop)
-    engine = stop_conditions(options, packaged_tokenizer())
-    assert _stop_conditions(options, packaged_tokenizer()) == (engine.token_ids, engine.strings)
 
 
 def test_instance_attributes_match(tiny_vision_model: VisionModel) -> None:

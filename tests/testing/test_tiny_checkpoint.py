@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -90,23 +89,22 @@ def test_layer_norms_start_near_one(tiny_vision_checkpoint: Path) -> None:
 
 
 def test_it_loads_fast_and_generates(tiny_vision_checkpoint: Path) -> None:
-    started = time.perf_counter()
     with VisionModel.from_pretrained(tiny_vision_checkpoint, device="cpu", dtype="float32") as model:
-        load_s = time.perf_counter() - started
         photo = make_photo()
         result = model.generate(PROMPT, [photo], num_crops=2, max_new_tokens=5, stop=[])
         assert (result.finish_reason, result.usage.completion_tokens) == ("length", 5)
         assert result.usage.prompt_tokens == model.count_tokens(PROMPT, [photo], num_crops=2).total
         assert model.info.num_parameters > 1_000_000  # the real vocabulary, twice
-    assert load_s < 10.0, f"loading took {load_s:.1f} s"  # about 0.5 s; generous for busy machines
     # Closed, it behaves like a closed fake.
     fake = FakeVisionModel()
     fake.close()
     for closed in (model, fake):
         with pytest.raises(ModelClosedError):
             closed.generate(PROMPT, [photo])
-        (failed,) = closed.generate_batch([(PROMPT, [photo])])
-        assert failed.error is not None and failed.error.type == "ModelClosedError"
+        with pytest.raises(ModelClosedError):
+            closed.generate_batch([(PROMPT, [photo])])
+        with pytest.raises(ModelClosedError):
+            closed.count_tokens(PROMPT, [photo])
 
 
 def test_the_same_seed_gives_the_same_model(

@@ -38,6 +38,7 @@ from ..processing.processor import Processor, check_num_crops
 from ..processing.tokenization import DEFAULT_STOP_TOKEN_IDS, PromptTokenizer
 from ..prompt import resolve_prompt
 from ..results import ErrorInfo, FinishReason, Generation, ModelRef, Timings, Usage
+from ..stopping import stop_conditions
 from ..tasks import TaskMixin
 from .script import FakeCall, ImageRecord, Method, ResponseScript, Script, ScriptItem
 
@@ -288,6 +289,7 @@ class FakeVisionModel(TaskMixin):
         self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
     ) -> TokenCount:
         """Exactly the real model's count: the same tokenizer and image-token arithmetic."""
+        self._check_open()
         text, _, loaded = self._prepare(prompt, images)
         ids = self.processor.token_ids(text, loaded, num_crops)
         image_tokens = sum(1 for i in ids if i < 0)
@@ -394,7 +396,8 @@ class FakeVisionModel(TaskMixin):
         conditions (``stop=[]``, or only strings that never occur) a real model would run on to
         ``max_new_tokens``, so the reason is "length" then too."""
         tokenizer = self.processor.tokenizer
-        stop_ids, stop_strings = _stop_conditions(options, tokenizer)
+        stop = stop_conditions(options, tokenizer)
+        stop_ids, stop_strings = stop.token_ids, stop.strings
         text = response
         content = _text_ids(tokenizer, text)  # the answer's tokens, without a stop token
         stop_token: int | None = None
@@ -474,6 +477,7 @@ class FakeVisionModel(TaskMixin):
     ) -> list[Generation]:
         """Like ``VisionModel.generate_batch``: an item that fails (bad input, or a scripted
         phi3vision error) gets ``finish_reason="error"`` and its ``error``; the rest complete."""
+        self._check_open()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
         resolved = resolve_options(options, option_fields)
@@ -546,27 +550,6 @@ def _reasons(device: str, dtype: str, attn_implementation: str) -> dict[str, str
 def _text_ids(tokenizer: PromptTokenizer, text: str) -> list[int]:
     """Token ids of generated text: no start-of-sequence token, special tokens recognised."""
     return list(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
-
-
-def _stop_conditions(
-    options: GenerationOptions, tokenizer: PromptTokenizer
-) -> tuple[frozenset[int], tuple[str, ...]]:
-    """The stop token ids and strings, by ``phi3vision.generation.stop_conditions``' rules
-    (that module imports torch, so the rules are restated here; tests compare the two)."""
-    if options.stop is None:
-        return frozenset(DEFAULT_STOP_TOKEN_IDS), ()
-    ids: set[int] = set()
-    strings: list[str] = []
-    for item in options.stop:
-        if isinstance(item, int):
-            ids.add(item)
-            continue
-        token_id = tokenizer.token_id(item)
-        if token_id is not None and item.startswith("<|") and item.endswith("|>"):
-            ids.add(token_id)
-        else:
-            strings.append(item)
-    return frozenset(ids), tuple(strings)
 
 
 __all__ = ["FakeGenerationStream", "FakeNotSupportedError", "FakeVisionModel", "packaged_tokenizer"]

@@ -1,0 +1,118 @@
+"""``phi3vision info``: the environment and what "auto" would choose, without loading a model.
+
+This is the first thing to run (and to paste into a bug report) when a model is slow or does
+not load: it shows the versions that matter and the device, dtype and attention the library
+would pick here, with the reason for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+from .. import __version__
+from ..loading import MODEL_ENV_VAR, default_model
+
+
+def _version(distribution: str) -> str | None:
+    """Installed version from the package metadata: no need to import transformers (slow)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_info() -> dict[str, Any]:
+    """The environment as a JSON-ready dict (the ``--json`` output)."""
+    import torch
+
+    from ..devices import choose_attn_implementation, choose_device, choose_dtype, flash_attn_available
+
+    cuda_available = bool(torch.cuda.is_available())
+    cuda_devices = (
+        [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+        if cuda_available
+        else []
+    )
+    mps_backend = getattr(torch.backends, "mps", None)
+    device, device_choice = choose_device("auto")
+    dtype, dtype_choice = choose_dtype("auto", device)
+    attn_choice = choose_attn_implementation("auto", device, dtype)
+    flash_installed = flash_attn_available()
+    return {
+        "phi3vision": __version__,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "cuda": {
+            "available": cuda_available,
+            "version": torch.version.cuda,
+            "devices": cuda_devices,
+        },
+        "mps": {
+            "available": bool(mps_backend is not None and mps_backend.is_available()),
+            "built": bool(mps_backend is not None and mps_backend.is_built()),
+        },
+        "flash_attn": {
+            "installed": flash_installed,
+            "version": _version("flash-attn") if flash_installed else None,
+            "usable": attn_choice.value == "flash_attention_2",
+        },
+        "default_model": default_model(),
+        "auto": {
+            "device": {"value": device_choice.value, "reason": device_choice.reason},
+            "dtype": {"value": dtype_choice.value, "reason": dtype_choice.reason},
+            "attn_implementation": {"value": attn_choice.value, "reason": attn_choice.reason},
+        },
+    }
+
+
+def format_info(data: dict[str, Any]) -> str:
+    """The same facts as ``collect_info``, aligned for reading."""
+    cuda = data["cuda"]
+    if cuda["available"]:
+        cuda_text = f"available, CUDA {cuda['version']}: " + ", ".join(
+            f"cuda:{index} {name}" for index, name in enumerate(cuda["devices"])
+        )
+    else:
+        cuda_text = "not available" + (
+            f" (torch built for CUDA {cuda['version']})" if cuda["version"] else ""
+        )
+    mps = data["mps"]
+    mps_text = "available" if mps["available"] else "not available" + (" (built)" if mps["built"] else "")
+    flash = data["flash_attn"]
+    if flash["usable"]:
+        flash_text = f"usable (version {flash['version']})"
+    elif flash["installed"]:
+        flash_text = "installed, but not usable here (needs a CUDA GPU in float16/bfloat16)"
+    else:
+        flash_text = "not installed (pip install 'phi3vision[flash]' on a CUDA machine)"
+    rows = [
+        ("phi3vision", data["phi3vision"]),
+        ("python", f"{data['python']} ({data['executable']})"),
+        ("platform", data["platform"]),
+        ("torch", data["torch"]),
+        ("transformers", data["transformers"] or "not installed"),
+        ("cuda", cuda_text),
+        ("mps", mps_text),
+        ("flash-attn", flash_text),
+        ("default model", f"{data['default_model']} (set ${MODEL_ENV_VAR} to change it)"),
+    ]
+    lines = [f"{name:<14} {value}" for name, value in rows]
+    lines.append("auto would choose:")
+    for name, label in (("device", "device"), ("dtype", "dtype"), ("attn_implementation", "attention")):
+        choice = data["auto"][name]
+        lines.append(f"  {label:<12} {choice['value']:<18} {choice['reason']}")
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    data = collect_info()
+    print(json.dumps(data) if args.json else format_info(data))
+    return 0
