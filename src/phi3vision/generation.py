@@ -6,12 +6,16 @@ step's tokens; the caller decides when every row is done (stop tokens, stop stri
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .options import GenerationOptions
+from .processing.tokenization import PromptTokenizer
+from .stopping import CompletionText, StopConditions
 
 if TYPE_CHECKING:
     from .modeling.phi3v import Phi3VForCausalLM
@@ -184,3 +188,71 @@ def decode_steps(
         )
         logits = output.logits[:, -1]
         next_positions = next_positions + 1
+
+
+@dataclass
+class RowsOutcome:
+    """What a decoding loop made, row by row."""
+
+    texts: list[CompletionText]
+    stopped: list[bool]
+    fed_tokens: list[list[int]]
+    """Generated tokens that went back into the model (all but the last): what the KV cache
+    holds after the prompt."""
+    first_token_at: float | None = field(default=None)
+
+
+def collect_rows(
+    steps: Iterator[torch.Tensor],
+    batch_size: int,
+    stop: StopConditions,
+    tokenizer: PromptTokenizer,
+    max_new_tokens: int,
+    sync_every: int = 8,
+    on_text: Callable[[int, str], None] | None = None,
+) -> Generator[None, None, RowsOutcome]:
+    """Read the tokens of ``decode_steps`` until every row has stopped; yields between reads.
+
+    The device runs ahead: tokens are copied to the host in chunks of ``sync_every`` steps
+    (1 for streaming), except the very first token, which is read at once so that the time
+    to first token is measured, not estimated. A row's tokens after its stop are ignored.
+    """
+    texts = [CompletionText(tokenizer, stop.strings) for _ in range(batch_size)]
+    stopped = [False] * batch_size
+    outcome = RowsOutcome(texts=texts, stopped=stopped, fed_tokens=[[] for _ in range(batch_size)])
+    made: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    for tokens in steps:
+        made.append(tokens)
+        pending.append(tokens)
+        if len(made) > 1 and len(pending) < sync_every and len(made) < max_new_tokens:
+            continue
+        chunk = torch.stack(pending, dim=1).tolist()  # (B, chunk): one wait for the device
+        pending.clear()
+        if outcome.first_token_at is None:
+            outcome.first_token_at = time.perf_counter()
+        for row, row_tokens in enumerate(chunk):
+            for token in row_tokens:
+                if stopped[row]:
+                    break
+                if token in stop.token_ids:
+                    texts[row].token_ids.append(token)
+                    stopped[row] = True
+                    break
+                delta = texts[row].add(token)
+                stopped[row] = texts[row].stopped_by_string
+                if delta and on_text is not None:
+                    on_text(row, delta)
+        if all(stopped):
+            break
+        yield None
+    if isinstance(steps, Generator):
+        steps.close()
+    if len(made) > 1:
+        fed = torch.stack(made[:-1], dim=1).tolist()  # (B, steps - 1)
+        outcome.fed_tokens = [[int(t) for t in row] for row in fed]
+    for row, text in enumerate(texts):
+        tail = text.finish()
+        if tail and on_text is not None:
+            on_text(row, tail)
+    return outcome

@@ -436,8 +436,8 @@ class VisionModel(TaskMixin):
         """
         import torch
 
-        from .generation import TokenChooser, decode_steps, new_cache
-        from .stopping import CompletionText, stop_conditions
+        from .generation import TokenChooser, collect_rows, decode_steps, new_cache
+        from .stopping import stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
@@ -458,57 +458,24 @@ class VisionModel(TaskMixin):
             batch[row, batch.shape[1] - embed.shape[0] :] = embed
             mask[row, length - encoding.num_tokens :] = 1
             ids[row, length - encoding.num_tokens :] = encoding.input_ids[0].to(self.device)
-        texts = [CompletionText(self.processor.tokenizer, stop.strings) for _ in encodings]
-        finish: list[str | None] = [None] * len(encodings)
-        first_token_at: float | None = None
         chooser = TokenChooser(options, self.device)
         steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, self._static)
-        fed: list[torch.Tensor] = []  # generated tokens, as the device made them
-        pending: list[torch.Tensor] = []
-        for tokens in steps:
-            fed.append(tokens)
-            pending.append(tokens)
-            if len(pending) < sync_every and len(fed) < options.max_new_tokens:
-                continue  # let the device run ahead; look at the tokens in chunks
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            chunk = torch.stack(pending, dim=1).tolist()  # (B, chunk): one wait for the device
-            pending.clear()
-            for row, row_tokens in enumerate(chunk):
-                for token in row_tokens:
-                    if finish[row] is not None:
-                        break
-                    if token in stop.token_ids:
-                        texts[row].token_ids.append(token)
-                        finish[row] = "stop"
-                        break
-                    delta = texts[row].add(token)
-                    if texts[row].stopped_by_string:
-                        finish[row] = "stop"
-                    if delta and on_text is not None:
-                        on_text(row, delta)
-            if all(f is not None for f in finish):
-                break
-            yield None
-        steps.close()
+        outcome = yield from collect_rows(
+            steps, len(encodings), stop, self.processor.tokenizer, options.max_new_tokens, sync_every, on_text
+        )
         if len(encodings) == 1 and self._static is None:
-            self._keep_prefix(
-                encodings[0], cache, [int(t) for t in torch.cat(fed[:-1]).tolist()] if len(fed) > 1 else []
-            )
+            self._keep_prefix(encodings[0], cache, outcome.fed_tokens[0])
         ended = time.perf_counter()
+        first_token_at = outcome.first_token_at or ended
         results = []
-        for row, (encoding, text) in enumerate(zip(encodings, texts, strict=True)):
-            tail = text.finish()
-            if tail and on_text is not None:
-                on_text(row, tail)
-            completion = len(text.token_ids)
-            ttft = (first_token_at or ended) - started
-            decode_s = max(0.0, ended - (first_token_at or ended))
+        for row, encoding in enumerate(encodings):
+            completion = len(outcome.texts[row].token_ids)
+            decode_s = max(0.0, ended - first_token_at)
             results.append(
                 Generation(
-                    text=text.text,
-                    token_ids=list(text.token_ids),
-                    finish_reason="stop" if finish[row] == "stop" else "length",
+                    text=outcome.texts[row].text,
+                    token_ids=list(outcome.texts[row].token_ids),
+                    finish_reason="stop" if outcome.stopped[row] else "length",
                     usage=Usage(
                         prompt_tokens=encoding.num_tokens,
                         image_tokens=encoding.num_image_tokens,
@@ -516,7 +483,7 @@ class VisionModel(TaskMixin):
                     ),
                     timings=Timings(
                         preprocess_s=preprocess_s,
-                        time_to_first_token_s=ttft,
+                        time_to_first_token_s=first_token_at - started,
                         decode_s=decode_s,
                         total_s=ended - started,
                         tokens_per_second=(completion - 1) / decode_s
