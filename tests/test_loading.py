@@ -177,3 +177,12 @@ def test_hub_failure_becomes_checkpoint_error(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(CheckpointError, match=r"microsoft/Phi-3-vision-128k-instruct.*Hugging Face Hub"):
         resolve_directory("microsoft/Phi-3-vision-128k-instruct")
+
+
+@pytest.mark.parametrize("shard", ["../elsewhere.safetensors", "sub/model.safetensors", "weights.bin"])
+def test_index_cannot_point_outside_the_checkpoint(checkpoint_copy: Path, shard: str):
+    (checkpoint_copy / "model.safetensors").unlink()
+    index = {"weight_map": {"lm_head.weight": shard}}
+    (checkpoint_copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"shards must be \.safetensors files in the checkpoint"):
+        _load(checkpoint_copy)

@@ -204,7 +204,9 @@ def make_policy(**options: Any) -> ImagePolicy:
 
 
 def _shorten(text: str) -> str:
-    """Keep messages readable when a source is a very long path or URL."""
+    """Keep messages readable when a source is a very long path or URL, and printable: a lone
+    surrogate (``"\\ud800"``) is escaped, or printing or logging the message would fail."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= _MAX_DESCRIPTION:
         return text
     return text[:100] + "..." + text[-50:]
@@ -218,12 +220,23 @@ def _redacted_url(url: str) -> str:
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
-        return _shorten(url.split("?", 1)[0])
+        return _shorten(_without_secrets(url.split("?", 1)[0]))
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     query = "?..." if parts.query else ""
     return _shorten(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query)
+
+
+_QUERY = re.compile(r"\?[^\s'\"()]*")
+_USERINFO = re.compile(r"//[^/\s'\"@]*@")
+
+
+def _without_secrets(text: str) -> str:
+    """``text`` with URL query strings and credentials cut out. For messages that quote a URL
+    where it could not be parsed, and for requests' and urllib3's exception messages, which
+    quote the URL as it was requested ("Max retries exceeded with url: /a.png?signature=...")."""
+    return _USERINFO.sub("//", _QUERY.sub("?...", text))
 
 
 def _numpy_array_type() -> type | None:
@@ -322,9 +335,13 @@ def load_images(sources: Iterable[ImageInput], policy: ImagePolicy | None = None
             f"load_images expects a list of images, got a single {describe_source(sources)}; "
             "use load_image or wrap it in a list"
         )
+    try:
+        iterator = iter(sources)
+    except TypeError:
+        raise ImageError(f"load_images expects a list of images, got {describe_source(sources)}") from None
     chosen_policy = policy or _DEFAULT_POLICY
     images = []
-    for index, source in enumerate(sources, start=1):
+    for index, source in enumerate(iterator, start=1):
         context = _Context(f"image {index} ({describe_source(source)})", chosen_policy)
         images.append(_load(source, context))
     return images
@@ -432,7 +449,12 @@ def _from_data_uri(uri: str, context: _Context) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise ImageError(f"{context.prefix}: the data URI is not valid base64") from exc
     else:
-        data = urllib.parse.unquote_to_bytes(payload)
+        try:
+            data = urllib.parse.unquote_to_bytes(payload)
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+            raise ImageError(
+                f"{context.prefix}: the data URI's data is not valid text ({exc.reason})"
+            ) from exc
     context.check_byte_count(len(data), "the data URI's data")
     if not data:
         context.fail("the data URI holds no data")
@@ -629,7 +651,7 @@ def _download(url: str, context: _Context) -> bytes:
 
     deadline = time.monotonic() + context.policy.download_deadline
     try:
-        with requests.Session() as session:
+        with _session() as session:
             response = _follow_redirects(session, url, context, deadline)
             try:
                 return _read_body(response, context, deadline)
@@ -643,9 +665,26 @@ def _download(url: str, context: _Context) -> bytes:
             f"read_timeout={context.policy.read_timeout} s)"
         ) from exc
     except requests.ConnectionError as exc:
-        raise ImageError(f"{context.prefix}: cannot connect to the server ({exc})") from exc
+        raise ImageError(
+            f"{context.prefix}: cannot connect to the server ({_without_secrets(str(exc))})"
+        ) from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-        raise ImageError(f"{context.prefix}: download failed ({exc})") from exc
+        raise ImageError(f"{context.prefix}: download failed ({_without_secrets(str(exc))})") from exc
+
+
+def _session() -> requests.Session:
+    """A requests session that never follows redirects on its own (_follow_redirects does)."""
+    import requests
+
+    class _Session(requests.Session):
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            # Even with allow_redirects=False, requests prepares ``Response.next`` for a
+            # redirect and reads the redirect's whole body to do so, with no size limit and no
+            # deadline. Reporting "no redirect" here stops that; the redirect is still seen
+            # by _follow_redirects (``is_redirect``), which closes it unread.
+            return None
+
+    return _Session()
 
 
 def _remaining(deadline: float, context: _Context) -> float:

@@ -141,6 +141,11 @@ def open_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Ch
         weight_index = {name: directory / str(file) for name, file in weight_map.items()}
         weight_files = sorted(set(weight_index.values()))
         for file in weight_files:
+            if file.resolve().parent != directory.resolve() or file.suffix != ".safetensors":
+                raise CheckpointError(
+                    f"{index_file.name} names {file.name!r}: shards must be .safetensors files in the "
+                    "checkpoint directory itself"
+                )
             if not file.is_file():
                 raise CheckpointError(f"checkpoint file missing: {file} (named in {index_file.name})")
     else:

@@ -141,7 +141,7 @@ def resolve_prompt(prompt: Prompt | str, images: Sequence[Any] | None) -> tuple[
     """The text and images of what a caller passed: a ``Prompt`` (which carries its images) or a
     raw string with separate images. Placeholders are checked here, before any model work."""
     if isinstance(prompt, Prompt):
-        if images:
+        if _as_image_tuple(images):  # not `if images:`, which is ambiguous for a numpy array
             raise PromptError("a Prompt carries its own images; do not pass images= as well")
         text, image_list = prompt.render(), prompt.images
     elif isinstance(prompt, str):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from ..errors import ImageError, OptionsError
+
 if TYPE_CHECKING:
     import torch
 
@@ -50,9 +52,9 @@ def _resized_landscape(long_side: int, short_side: int, num_crops: int) -> tuple
     ratio (at least one pixel, for extreme strips where the reference would fail).
     """
     if num_crops < 1:
-        raise ValueError(f"num_crops must be at least 1, got {num_crops}")
+        raise OptionsError(f"num_crops must be at least 1, got {num_crops}")
     if long_side <= 0 or short_side <= 0:
-        raise ValueError(f"image sides must be positive, got {long_side} and {short_side}")
+        raise ImageError(f"image sides must be positive, got {long_side} and {short_side}")
     ratio = long_side / short_side
     scale = 1
     while scale * math.ceil(scale / ratio) <= num_crops:
@@ -130,25 +132,29 @@ def image_to_views(
     import torch
 
     hd = hd_transform(to_rgb(image), num_crops)
-    pixels = torch.from_numpy(np.asarray(hd, dtype=np.uint8).copy())  # (H, W, 3) uint8
-    hd_tensor = pixels.permute(2, 0, 1).to(torch.float32).div_(255)  # (3, H, W)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    hd_tensor = hd_tensor.sub_(mean_t).div_(std_t)
-    height, width = hd_tensor.shape[1:]
+    pixels = torch.from_numpy(np.array(hd, dtype=np.uint8))  # (H, W, 3) uint8
+    height, width = pixels.shape[:2]
     rows, cols = height // CROP_SIZE, width // CROP_SIZE
+    # (x / 255 - mean) / std as one multiply-add: the same values to within float32 rounding,
+    # in two passes over the floats instead of four.
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
+    views = torch.empty(num_crops + 1, 3, CROP_SIZE, CROP_SIZE, dtype=torch.float32)
+    crops = views[1 : 1 + rows * cols].view(rows, cols, 3, CROP_SIZE, CROP_SIZE)
+    # Tiles are cut from the uint8 image while converting it, straight into their place.
+    crops.copy_(pixels.view(rows, CROP_SIZE, cols, CROP_SIZE, 3).permute(0, 2, 4, 1, 3))
+    crops.mul_(scale).add_(shift)  # (rows, cols, 3, 336, 336), row-major tiles
+    views[1 + rows * cols :].zero_()
+
+    # The global view: the normalised HD image resized to 336x336 (bicubic). Bicubic weights
+    # sum to one, so resizing the raw values and normalising afterwards is the same map.
+    raw = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)  # (1, 3, H, W)
     global_view = torch.nn.functional.interpolate(
-        hd_tensor.unsqueeze(0), size=(CROP_SIZE, CROP_SIZE), mode="bicubic", align_corners=False
+        raw, size=(CROP_SIZE, CROP_SIZE), mode="bicubic", align_corners=False
     )  # (1, 3, 336, 336)
-    crops = (
-        hd_tensor.reshape(3, rows, CROP_SIZE, cols, CROP_SIZE)
-        .permute(1, 3, 0, 2, 4)
-        .reshape(rows * cols, 3, CROP_SIZE, CROP_SIZE)
-    )  # (rows*cols, 3, 336, 336), row-major
-    views = torch.zeros(num_crops + 1, 3, CROP_SIZE, CROP_SIZE, dtype=torch.float32)
-    views[0] = global_view[0]
-    views[1 : 1 + rows * cols] = crops
+    views[0] = global_view[0] * scale + shift
     return views, (height, width)
 
 

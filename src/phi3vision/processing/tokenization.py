@@ -9,6 +9,7 @@ image features. A prompt with no placeholder is tokenised in one piece (one ``<s
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def placeholder_numbers(prompt: str, num_images: int) -> list[int]:
                 f"numbered 1..N for N images (this prompt was given {num_images})"
             )
         numbers.append(int(raw))
-    duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
+    duplicates = sorted(n for n, count in Counter(numbers).items() if count > 1)
     if duplicates:
         tags = ", ".join(f"<|image_{n}|>" for n in duplicates)
         raise PromptError(
@@ -67,6 +68,20 @@ def placeholder_numbers(prompt: str, num_images: int) -> list[int]:
             "were given; give one image per <|image_N|>"
         )
     return numbers
+
+
+def _check_encodable(text: str) -> None:
+    """Refuse text that has no UTF-8 form (lone surrogates such as ``"\\ud800"``, e.g. from
+    ``surrogateescape`` decoding or a broken JSON ``\\u`` escape): the tokenizer cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise PromptError(
+            f"the prompt text contains the lone surrogate {bad!r} at position {exc.start}, which is "
+            "not valid Unicode text (it has no UTF-8 encoding); remove it or decode the text "
+            "with errors='replace'"
+        ) from exc
 
 
 class PromptTokenizer:
@@ -86,11 +101,13 @@ class PromptTokenizer:
 
     def encode_text(self, text: str) -> list[int]:
         """One text chunk, with its leading ``<s>``."""
+        _check_encodable(text)
         return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
 
     def encode(self, prompt: str, image_token_counts: Sequence[int]) -> list[int]:
         """Token ids of ``prompt``; image N (1-based) takes ``image_token_counts[N-1]`` ids ``-N``."""
         numbers = placeholder_numbers(prompt, len(image_token_counts))
+        _check_encodable(prompt)
         chunks = PLACEHOLDER.split(prompt)[::2]  # split() interleaves the captured numbers
         ids = self.encode_text(chunks[0])
         for number, chunk in zip(numbers, chunks[1:], strict=True):
