@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import OptionsError, Phi3VisionError
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt
-from .results import ErrorInfo, Generation, ModelRef, Timings, Usage
+from .results import Generation, ModelRef
 
 if TYPE_CHECKING:
     from .model import VisionModel
@@ -293,16 +293,7 @@ def _manifest_item(manifest: Path, number: int, row: Mapping[str, Any]) -> Batch
 def failed_result(exc: BaseException, model: ModelRef | None = None) -> Generation:
     """A ``Generation`` standing for a failure, shaped like the ones ``generate_batch`` returns
     for a failed item, so that consumers of results see one type whatever happened."""
-    return Generation(
-        text="",
-        finish_reason="error",
-        usage=Usage(prompt_tokens=0, image_tokens=0, completion_tokens=0),
-        timings=Timings(
-            preprocess_s=0.0, time_to_first_token_s=0.0, decode_s=0.0, total_s=0.0, tokens_per_second=0.0
-        ),
-        model=model,
-        error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-    )
+    return Generation.failed(exc, model)
 
 
 class BatchSummary(BaseModel):

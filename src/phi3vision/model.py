@@ -27,7 +27,7 @@ from .limits import RequestLimits
 from .loading import default_model
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt, resolve_prompt
-from .results import ErrorInfo, Generation, ModelRef, Timings, Usage
+from .results import Generation, ModelRef, Timings, Usage
 from .tasks import TaskMixin
 
 if TYPE_CHECKING:
@@ -597,16 +597,7 @@ class VisionModel(TaskMixin):
         return [r if r is not None else self._failed(Phi3VisionError("not run")) for r in results]
 
     def _failed(self, exc: Exception) -> Generation:
-        return Generation(
-            text="",
-            finish_reason="error",
-            usage=Usage(prompt_tokens=0, image_tokens=0, completion_tokens=0),
-            timings=Timings(
-                preprocess_s=0.0, time_to_first_token_s=0.0, decode_s=0.0, total_s=0.0, tokens_per_second=0.0
-            ),
-            model=self.model_ref,
-            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-        )
+        return Generation.failed(exc, self.model_ref)
 
 
 class GenerationStream:

@@ -73,6 +73,22 @@ class Generation(BaseModel):
     model: ModelRef | None = None
     error: ErrorInfo | None = Field(None, description="Set when finish_reason is 'error' (batches)")
 
+    @classmethod
+    def failed(cls, exc: BaseException, model: ModelRef | None = None) -> Generation:
+        """The result that stands for an item that failed (batches, batch jobs): no text, zero
+        usage and timings, and the error's type and message."""
+        zero = Timings(
+            preprocess_s=0.0, time_to_first_token_s=0.0, decode_s=0.0, total_s=0.0, tokens_per_second=0.0
+        )
+        return cls(
+            text="",
+            finish_reason="error",
+            usage=Usage(prompt_tokens=0, image_tokens=0, completion_tokens=0),
+            timings=zero,
+            model=model,
+            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
+        )
+
 
 class Description(Generation):
     """``describe(image)``: a description of one image."""

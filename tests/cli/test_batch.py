@@ -220,8 +220,8 @@ def test_settings_change_runs_items_again(cli: Callable[..., Run], folder: Path,
 SLOW_ARGS = [*MODEL_ARGS[:-1], "24"]  # more tokens per item: time to interrupt between lines
 
 
-def _batch_process(folder: Path, out: Path) -> subprocess.Popen[str]:
-    args = [*SLOW_ARGS, "--batch-size", "1"]  # one line per model call
+def _batch_process(folder: Path, out: Path, resume: bool = False) -> subprocess.Popen[str]:
+    args = [*SLOW_ARGS, "--batch-size", "1", *(["--resume"] if resume else [])]  # one line per model call
     return subprocess.Popen(
         [sys.executable, "-m", "phi3vision", "batch", "describe", str(folder), "--out", str(out), *args],
         cwd=REPO,
@@ -323,7 +323,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(many: Path, tmp_path
     out = tmp_path / "results.jsonl"
     kept = b""
     for _round in range(6):
-        process = _batch_process(many, out) if not out.exists() else _resume_process(many, out)
+        process = _batch_process(many, out, resume=out.exists())
         try:
             process.wait(timeout=rng.uniform(0.5, 4.0))  # model loading takes about a second
         except subprocess.TimeoutExpired:
@@ -335,7 +335,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(many: Path, tmp_path
             kept = data[: data.rfind(b"\n") + 1]
         if process.returncode == 0:
             break
-    final = _resume_process(many, out)
+    final = _batch_process(many, out, resume=True)
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
     assert out.read_bytes().endswith(b"\n")
@@ -343,14 +343,3 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(many: Path, tmp_path
     keys = [r["key"] for r in records]
     assert sorted(keys) == [str(many / f"img{index:02d}.png") for index in range(COUNT)]  # each exactly once
     assert all(r["status"] == "done" for r in records)
-
-
-def _resume_process(folder: Path, out: Path) -> subprocess.Popen[str]:
-    args = [*SLOW_ARGS, "--batch-size", "1", "--resume"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "phi3vision", "batch", "describe", str(folder), "--out", str(out), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )

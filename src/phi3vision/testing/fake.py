@@ -37,7 +37,7 @@ from ..options import GenerationOptions, resolve_options
 from ..processing.processor import Processor, check_num_crops
 from ..processing.tokenization import DEFAULT_STOP_TOKEN_IDS, PromptTokenizer
 from ..prompt import resolve_prompt
-from ..results import ErrorInfo, FinishReason, Generation, ModelRef, Timings, Usage
+from ..results import FinishReason, Generation, ModelRef, Timings, Usage
 from ..stopping import stop_conditions
 from ..tasks import TaskMixin
 from .script import FakeCall, ImageRecord, Method, ResponseScript, Script, ScriptItem
@@ -423,16 +423,7 @@ class FakeVisionModel(TaskMixin):
         return text, content + ([stop_token] if stop_token is not None else []), finish
 
     def _failed(self, exc: Exception) -> Generation:
-        return Generation(
-            text="",
-            finish_reason="error",
-            usage=Usage(prompt_tokens=0, image_tokens=0, completion_tokens=0),
-            timings=Timings(
-                preprocess_s=0.0, time_to_first_token_s=0.0, decode_s=0.0, total_s=0.0, tokens_per_second=0.0
-            ),
-            model=self.model_ref,
-            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-        )
+        return Generation.failed(exc, self.model_ref)
 
     # -- generation (as VisionModel) ------------------------------------------------------
 
