@@ -186,3 +186,40 @@ def test_index_cannot_point_outside_the_checkpoint(checkpoint_copy: Path, shard:
     (checkpoint_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"shards must be \.safetensors files in the checkpoint"):
         _load(checkpoint_copy)
+
+
+def test_truncated_weights_file(checkpoint_copy: Path):
+    weights = checkpoint_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match=r"cannot read weights.*outside the file"):
+        _load(checkpoint_copy)
+
+
+def test_header_inconsistent_with_the_data(checkpoint_copy: Path):
+    weights = checkpoint_copy / "model.safetensors"
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["model.norm.weight"]["dtype"] = "F32"  # claims twice the bytes it has
+    text = json.dumps(header).encode()
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*do not fit shape"):
+        _load(checkpoint_copy)
+
+
+def test_weights_are_read_without_memory_mapping(checkpoint_copy: Path, monkeypatch: pytest.MonkeyPatch):
+    """Mapped file pages would count as the process's memory while loading: plain reads only."""
+    import mmap
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the loader memory-mapped a file")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    import safetensors
+
+    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    with _load(checkpoint_copy) as model:
+        assert (
+            model.generate("<|user|>\nhi<|end|>\n<|assistant|>\n", max_new_tokens=2).usage.completion_tokens
+            == 2
+        )

@@ -206,6 +206,79 @@ def build_empty_model(raw_config: dict[str, Any], attn_implementation: str) -> P
     return model
 
 
+_SAFETENSORS_DTYPES = {
+    "BF16": "bfloat16",
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor lies in a safetensors file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    """Absolute offset of its first byte in the file."""
+    nbytes: int
+
+
+def read_safetensors_header(file: Path) -> dict[str, StoredTensor]:
+    """The tensors of a safetensors file, from its header alone, checked for consistency.
+
+    The format: 8 bytes of little-endian header length, a JSON header mapping each name to
+    its dtype, shape and byte range in the data that follows. Broken files are a
+    ``CheckpointError`` naming the file.
+    """
+    import math
+
+    def broken(reason: str) -> CheckpointError:
+        return CheckpointError(f"cannot read weights from {file}: {reason}")
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 0 < length <= min(size - 8, _MAX_HEADER_BYTES):
+                raise broken("not a safetensors file (bad header length)")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise broken(str(exc)) from exc
+    except ValueError as exc:
+        raise broken(f"the header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise broken("the header is not a JSON object")
+    data_start = 8 + length
+    tensors: dict[str, StoredTensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise broken(f"bad header entry for {name!r}") from exc
+        import torch
+
+        itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= size - data_start:
+            raise broken(f"tensor {name!r} lies outside the file")
+        if end - begin != math.prod(shape) * itemsize:
+            raise broken(f"tensor {name!r}: {end - begin} bytes do not fit shape {list(shape)} of {dtype}")
+        tensors[name] = StoredTensor(dtype, shape, data_start + begin, end - begin)
+    return tensors
+
+
 def load_weights(
     model: Phi3VForCausalLM,
     checkpoint: Checkpoint,
@@ -214,51 +287,54 @@ def load_weights(
 ) -> None:
     """Read the checkpoint's weights onto ``model``'s parameters, one tensor at a time.
 
-    Names and shapes are checked for the whole checkpoint before any tensor is read. Each
-    tensor goes from the file straight to its device and dtype, so no second full copy of the
-    weights exists at any point.
+    Names and shapes are checked for the whole checkpoint (from the file headers) before any
+    tensor is read. Each tensor is read with plain file reads into memory of its own (the file
+    is not memory-mapped, so its pages never count as the process's memory), then converted
+    to its device and dtype: the peak is the model plus one tensor, never a second copy.
     """
     import torch
-    from safetensors import safe_open
 
     expected = expected_weight_names(model)
     params = dict(model.named_parameters())
-    found: dict[str, Path] = {}
+    stored: dict[str, tuple[Path, StoredTensor]] = {}
     for file in checkpoint.weight_files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    if name in found:
-                        raise CheckpointError(
-                            f"weight {name!r} is stored twice ({found[name].name}, {file.name})"
-                        )
-                    found[name] = file
-                    if name not in expected:
-                        raise CheckpointError(
-                            f"unexpected weight {name!r} in {file.name}: not part of a Phi-3-vision model"
-                        )
-                    shape = tuple(handle.get_slice(name).get_shape())
-                    want = tuple(params[expected[name]].shape)
-                    if shape != want:
-                        raise CheckpointError(
-                            f"weight {name!r} in {file.name} has shape {list(shape)}, but the model "
-                            f"built from config.json needs {list(want)}"
-                        )
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for broken files
-            raise CheckpointError(f"cannot read weights from {file}: {exc}") from exc
-    missing = sorted(set(expected) - set(found))
+        for name, entry in read_safetensors_header(file).items():
+            if name in stored:
+                raise CheckpointError(
+                    f"weight {name!r} is stored twice ({stored[name][0].name}, {file.name})"
+                )
+            if name not in expected:
+                raise CheckpointError(
+                    f"unexpected weight {name!r} in {file.name}: not part of a Phi-3-vision model"
+                )
+            want = tuple(params[expected[name]].shape)
+            if entry.shape != want:
+                raise CheckpointError(
+                    f"weight {name!r} in {file.name} has shape {list(entry.shape)}, but the model "
+                    f"built from config.json needs {list(want)}"
+                )
+            stored[name] = (file, entry)
+    missing = sorted(set(expected) - set(stored))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint: {shown}")
 
     for file in checkpoint.weight_files:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for name in handle.keys():
-                tensor = handle.get_tensor(name).to(device=device, dtype=dtype)
+        with open(file, "rb") as handle:
+            for name, (source, info) in stored.items():
+                if source != file:
+                    continue
+                raw = torch.empty(info.shape, dtype=getattr(torch, info.dtype))
+                if info.nbytes:
+                    handle.seek(info.start)
+                    buffer = raw.view(-1).view(torch.uint8).numpy().data  # the tensor's own memory
+                    if handle.readinto(buffer) != info.nbytes:
+                        raise CheckpointError(f"cannot read weights from {file}: {name!r} is cut short")
+                tensor = raw.to(device=device, dtype=dtype)
+                del raw
                 owner_name, _, attr = expected[name].rpartition(".")
-                owner = model.get_submodule(owner_name)
-                setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
+                setattr(
+                    model.get_submodule(owner_name), attr, torch.nn.Parameter(tensor, requires_grad=False)
+                )
     model.to(device)  # the buffers (rotary frequencies, CLIP position ids), still on the CPU
     model.eval()
