@@ -395,8 +395,9 @@ def section_preprocess(bench: Bench) -> dict[str, Any]:
 
     ``floor``: ``image.resize(size, BILINEAR)`` to the HD transform's size, the one step no
     preprocessing can skip. ``transform``: ``image_to_views`` (resize, pad, tiles, normalise,
-    global view): the image preprocessing proper. ``encode``: what a call pays before model
-    work (``load_images`` of the in-memory image, tokenising, the transform). ``fingerprint``:
+    global view, only the views the image has): the image preprocessing proper. ``encode``:
+    what a call pays for the image before model work on a feature-cache miss (``load_images``
+    of the in-memory image, tokenising, the transform). ``fingerprint``:
     the content hash the feature cache keys on, paid once per image by the first model call.
     """
     processor = bench.processor()
@@ -423,9 +424,9 @@ def _preprocess_row(bench: Bench, processor: Processor, image: Image.Image, crop
     def once() -> tuple[float, float, float, float]:
         floor, _ = clock.time(lambda: landscape.resize(target, Image.Resampling.BILINEAR))
         transform, _ = clock.time(
-            lambda: image_to_views(image, crops, processor.image_mean, processor.image_std)
+            lambda: image_to_views(image, crops, processor.image_mean, processor.image_std, pad=False)
         )
-        encode, _ = clock.time(lambda: processor.encode(text, load_images([image]), crops))
+        encode, _ = clock.time(lambda: processor.encode(text, load_images([image]), crops).image_views(0))
         fingerprint, _ = clock.time(lambda: image_fingerprint(image))
         return floor, transform, encode, fingerprint
 

@@ -44,6 +44,9 @@ class FeatureCache:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -330,7 +330,6 @@ class VisionModel(TaskMixin):
     def _image_features(self, encoding: Encoding, numbers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Projected features of images ``numbers`` (1-based): from the feature cache where
         possible, the rest through the vision tower in one batch."""
-        import torch
 
         use_cache = self._feature_cache.capacity > 0
         keys = self._image_keys(encoding) if use_cache else []
@@ -343,15 +342,23 @@ class VisionModel(TaskMixin):
             else:
                 features[number] = cached
         if missing:
-            index = torch.tensor([number - 1 for number in missing])
             computed = self.module.image_features(
-                encoding.pixel_values[index].to(self.device), encoding.image_sizes[index]
+                [encoding.image_views(number - 1).to(self.device) for number in missing],
+                encoding.image_sizes[[number - 1 for number in missing]],
             )
             for number, feats in zip(missing, computed, strict=True):
                 features[number] = feats
                 if use_cache:
                     self._feature_cache.put(keys[number - 1], feats)
         return features
+
+    def _make_pixels(self, encoding: Encoding) -> None:
+        """Compute the pixel values of the images whose features are not cached, before the
+        call takes the model's lock, so that threads preprocess while others use the model."""
+        keys = self._image_keys(encoding) if self._feature_cache.capacity > 0 else []
+        for index in range(len(encoding.images)):
+            if not keys or keys[index] not in self._feature_cache:
+                encoding.image_views(index)
 
     def _embed(self, encoding: Encoding, start: int = 0) -> torch.Tensor:
         """Embeddings ``(1, L - start, hidden)`` of the encoding's positions from ``start``."""
@@ -507,6 +514,7 @@ class VisionModel(TaskMixin):
         resolved = resolve_options(options, overrides)
         encoding = self.encode(prompt, images, num_crops=num_crops)
         self._check_length(encoding, resolved)
+        self._make_pixels(encoding)
         return encoding, resolved, started, time.perf_counter() - started
 
     def generate(
@@ -576,6 +584,7 @@ class VisionModel(TaskMixin):
                 prompt, images = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
                 encoding = self.encode(prompt, images, num_crops=num_crops)
                 self._check_length(encoding, resolved)
+                self._make_pixels(encoding)
                 ready.append((index, encoding, started, time.perf_counter() - started))
             except Phi3VisionError as exc:
                 results[index] = self._failed(exc)

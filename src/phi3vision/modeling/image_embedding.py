@@ -80,20 +80,18 @@ class ImageEmbedding(nn.Module):
             return torch.cat([grid, glb_gn, glb], dim=0)
         return torch.cat([glb, glb_gn, grid], dim=0)
 
-    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor], image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Projected features of each image: a list of ``(num_image_tokens_i, hidden)``.
 
-        ``pixel_values`` is ``(n_images, max_views, 3, 336, 336)`` and ``image_sizes`` the HD
-        ``(height, width)`` of each image. Only the views an image really has go through CLIP,
-        all images of the call in one batch; the zero padding is skipped.
+        ``views[i]`` holds image i's global view and crops, ``(>= 1 + rows*cols, 3, 336, 336)``
+        (zero padding after them is ignored), and ``image_sizes`` the HD ``(height, width)`` of
+        each image. All images' real views go through CLIP in one batch.
         """
         grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in image_sizes.tolist()]
         counts = [1 + rows * cols for rows, cols in grids]
-        views = torch.cat(
-            [pixel_values[i, :count] for i, count in enumerate(counts)]
-        )  # (sum views, 3, 336, 336)
-        views = views.to(dtype=self.glb_GN.dtype)
-        features = self.patch_features(views)  # (sum views, 576, C)
+        used = [image_views[:count] for image_views, count in zip(views, counts, strict=True)]
+        batch = used[0] if len(used) == 1 else torch.cat(used)  # (sum views, 3, 336, 336)
+        features = self.patch_features(batch.to(dtype=self.glb_GN.dtype))  # (sum views, 576, C)
         sequences = [
             self.hd_sequence(per_image, rows, cols)
             for per_image, (rows, cols) in zip(features.split(counts), grids, strict=True)

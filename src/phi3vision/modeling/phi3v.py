@@ -31,9 +31,12 @@ class Phi3VForCausalLM(nn.Module):
     def vocab_size(self) -> int:
         return int(self.configs.text.vocab_size)
 
-    def image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
-        """Projected features of each image: ``(num_image_tokens_i, hidden)``."""
-        return self.image_embedding(pixel_values, image_sizes)
+    def image_features(
+        self, pixel_values: torch.Tensor | Sequence[torch.Tensor], image_sizes: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Projected features of each image, ``(num_image_tokens_i, hidden)``, from padded pixel
+        values ``(n_images, views, 3, 336, 336)`` or a list of each image's views."""
+        return self.image_embedding(list(pixel_values), image_sizes)
 
     def embed(
         self,

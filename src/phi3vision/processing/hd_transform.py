@@ -126,8 +126,14 @@ def image_to_views(
     num_crops: int,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
+    *,
+    pad: bool = True,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pixel values of one image: ``(num_crops + 1, 3, 336, 336)`` and its HD ``(height, width)``."""
+    """Pixel values of one image, ``(num_crops + 1, 3, 336, 336)``, and its HD ``(height, width)``.
+
+    With ``pad=False`` only the views the image really has come back, ``(1 + rows*cols, ...)``:
+    the zero padding exists only to stack images of different shapes.
+    """
     import numpy as np
     import torch
 
@@ -141,7 +147,7 @@ def image_to_views(
     scale = 1.0 / (255.0 * std_t)
     shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
-    views = torch.empty(num_crops + 1, 3, CROP_SIZE, CROP_SIZE, dtype=torch.float32)
+    views = torch.empty((num_crops if pad else rows * cols) + 1, 3, CROP_SIZE, CROP_SIZE, dtype=torch.float32)
     crops = views[1 : 1 + rows * cols].view(rows, cols, 3, CROP_SIZE, CROP_SIZE)
     # Tiles are cut from the uint8 image while converting it, straight into their place.
     crops.copy_(pixels.view(rows, CROP_SIZE, cols, CROP_SIZE, 3).permute(0, 2, 4, 1, 3))
@@ -156,21 +162,3 @@ def image_to_views(
     )  # (1, 3, 336, 336)
     views[0] = global_view[0] * scale + shift
     return views, (height, width)
-
-
-def images_to_pixel_values(
-    images: Sequence[Image.Image],
-    num_crops: int,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack several images: pixel values ``(n, num_crops + 1, 3, 336, 336)``, sizes ``(n, 2)``."""
-    import torch
-
-    views_and_sizes = [image_to_views(image, num_crops, mean, std) for image in images]
-    if not views_and_sizes:
-        empty = torch.zeros(0, num_crops + 1, 3, CROP_SIZE, CROP_SIZE)
-        return empty, torch.zeros(0, 2, dtype=torch.long)
-    pixel_values = torch.stack([views for views, _ in views_and_sizes])
-    sizes = torch.tensor([size for _, size in views_and_sizes], dtype=torch.long)
-    return pixel_values, sizes
