@@ -1061,7 +1061,8 @@ def _md_chat(body: dict[str, Any]) -> str:
         + f"\n\nTurn 2 with reuse is {_times(body['turn2_cold_over_reuse'])} faster than turn 2 without "
         f"caches, {_times(body['turn1_over_turn2'])} faster than turn 1. Of its time to first token, "
         f"{spread(body['turn2_reuse_preprocess_s'], 1000)} ms is preprocessing (the call's own "
-        "preprocess_s), which runs again even though the image's features are cached."
+        "preprocess_s: reading the image, its content fingerprint and tokenising; the HD transform "
+        "is skipped because the image's features are cached)."
     )
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from .loading import Checkpoint
     from .modeling.phi3v import Phi3VForCausalLM
     from .processing.processor import Encoding, Processor
-
-T = TypeVar("T")
 
 PromptInput = Prompt | str
 
@@ -246,6 +244,7 @@ class VisionModel(TaskMixin):
                 return
             self._closed = True
             self._model = None
+            self._static = None  # it holds the model and its compiled step
             self._prefix = None
             self._feature_cache.clear()
             gc.collect()
