@@ -26,3 +26,10 @@ def test_compiled_batches_and_streams_match_the_default_path(cpu_model: VisionMo
         stream = compiled.stream(prompts[0], num_crops=2, max_new_tokens=10, stop=[])
         assert "".join(stream) == expected[0].text
         assert stream.result.token_ids == expected[0].token_ids
+        # A call made while a stream is half-read must not touch the stream's static cache.
+        stream = compiled.stream(prompts[0], num_crops=2, max_new_tokens=10, stop=[])
+        pieces = iter(stream)
+        first = next(pieces)
+        other = compiled.generate(prompts[1][0], max_new_tokens=10, stop=[])
+        assert first + "".join(pieces) == expected[0].text
+        assert other.token_ids == expected[1].token_ids

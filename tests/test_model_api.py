@@ -359,3 +359,47 @@ def test_logits_shape_and_dtype(cpu_model):
     encoding = cpu_model.encode(TEXT_PROMPT)
     logits = cpu_model.logits(encoding)
     assert logits.shape == (1, encoding.num_tokens, 32064) and logits.dtype == torch.float32
+
+
+def test_batches_never_mix_rotary_regimes(cpu_model):
+    """LongRoPE picks short or long factors for a whole forward pass, from its longest row: a short
+    prompt batched with one past 4096 positions (or crossing it while decoding) would change."""
+    short = TEXT_PROMPT
+    long = "<|user|>\n" + "word " * 4300 + "<|end|>\n<|assistant|>\n"
+    crossing = "<|user|>\n" + "word " * 4085 + "<|end|>\n<|assistant|>\n"  # 4094 positions, then more
+    prompts = [(short, []), (long, []), (crossing, []), (short.replace("Tokyo", "Kyoto"), [])]
+    batch = cpu_model.generate_batch(prompts, batch_size=4, max_new_tokens=6, stop=[])
+    for (prompt, _), result in zip(prompts, batch, strict=True):
+        assert result.token_ids == cpu_model.generate(prompt, max_new_tokens=6, stop=[]).token_ids
+
+
+def test_batch_items_must_be_prompts_or_pairs(cpu_model):
+    results = cpu_model.generate_batch([(TEXT_PROMPT,), (TEXT_PROMPT, [], "extra")], max_new_tokens=2)
+    assert [r.error.type if r.error else None for r in results] == ["PromptError", "PromptError"]
+    with pytest.raises(OptionsError, match="num_crops"):
+        cpu_model.generate_batch([(TEXT_PROMPT, [])], num_crops=0)
+
+
+def test_a_stream_stops_when_the_model_is_closed():
+    model = VisionModel.from_pretrained(GOLDEN_CHECKPOINT, device="cpu", dtype="float32")
+    stream = model.stream(TEXT_PROMPT, max_new_tokens=30, stop=[])
+    pieces = iter(stream)
+    next(pieces)
+    model.close()
+    with pytest.raises(ModelClosedError, match="closed while this stream"):
+        list(pieces)
+
+
+def test_unseeded_sampling_leaves_the_global_rng_alone(cpu_model):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    cpu_model.generate(TEXT_PROMPT, max_new_tokens=3, do_sample=True)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_earliest_stop_string_wins_whatever_their_order(cpu_model, monkeypatch):
+    ids = cpu_model.processor.tokenizer.encode_text("Hello world. Bye")[1:]
+    for stops in (["world", "o w"], ["o w", "world"]):
+        _script_tokens(monkeypatch, ids)
+        assert cpu_model.generate(TEXT_PROMPT, max_new_tokens=len(ids), stop=stops).text == "Hell"

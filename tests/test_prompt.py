@@ -96,3 +96,10 @@ def test_resolve_prompt_accepts_a_prompt_or_text_with_images():
         resolve_prompt(prompt, ["2.png"])
     with pytest.raises(PromptError, match="must be a Prompt or a str"):
         resolve_prompt(42, None)  # type: ignore[arg-type]
+
+
+def test_strip_chat_markers_leaves_none_behind():
+    from phi3vision.prompt import strip_chat_markers
+
+    assert strip_chat_markers("Sure<|<|end|>end|> done <|user|>") == "Sure done "
+    Prompt().user("q").assistant(strip_chat_markers("a <|<|end|>end|> b"))  # a valid turn now

@@ -30,7 +30,10 @@ class TokenChooser:
         if options.do_sample:
             # A generator of our own keeps seeded sampling independent of global RNG state.
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(options.seed if options.seed is not None else int(torch.seed()))
+            if options.seed is None:
+                self.generator.seed()  # a fresh random seed for this generator only
+            else:
+                self.generator.manual_seed(options.seed)
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         """``(B, V)`` logits -> ``(B,)`` next tokens. ``seen`` ``(B, T)`` holds ids already in
@@ -86,6 +89,7 @@ class StaticDecoder:
         self.model = model
         self._cache: Any = None
         self._cache_shape: tuple[int, int] = (0, 0)
+        self._lent = False
         device_type = next(model.parameters()).device.type
         mode = "reduce-overhead" if device_type == "cuda" else None  # reduce-overhead = CUDA graphs
         self._step = (
@@ -97,17 +101,29 @@ class StaticDecoder:
         return max(256, 1 << (length - 1).bit_length())
 
     def cache(self, batch: int, length: int) -> Any:
-        """A cleared static cache for ``batch`` rows of up to ``length`` positions."""
+        """A cleared static cache for ``batch`` rows of up to ``length`` positions, for one call.
+
+        The kept cache is lent to one call at a time (``release`` gives it back): a stream
+        that is read slowly must not have its cache cleared by a call made in between. A call
+        that finds it lent gets a cache of its own (and the compiled step may compile again).
+        """
         from transformers import StaticCache
 
         shape = (batch, self.cache_length(length))
+        if self._lent:
+            return StaticCache(config=self.model.configs.text, max_cache_len=shape[1])
         if self._cache is None or self._cache_shape != shape:
             self._cache = None  # free the old one first
             self._cache = StaticCache(config=self.model.configs.text, max_cache_len=shape[1])
             self._cache_shape = shape
         else:
             self._cache.reset()
+        self._lent = True
         return self._cache
+
+    def release(self, cache: Any) -> None:
+        if cache is self._cache:
+            self._lent = False
 
     def _decode_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor, cache: Any

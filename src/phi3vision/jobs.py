@@ -519,7 +519,8 @@ class BatchJob:
 
     Each line holds the item's ``key``, its ``input`` (image as given, question), the ``task``,
     ``status`` ("done" or "failed"), the result fields ``text``, ``finish_reason``, ``usage``,
-    ``timings``, ``model`` and ``error``, and a ``fingerprint``. Lines are in input order. An
+    ``timings``, ``model`` and ``error``, and a ``fingerprint``. A run writes its lines in input
+    order; a resumed run appends the items it had left (the last line for a key is current). An
     item that fails (a broken image, a prompt too long) is recorded with its error and the job
     goes on.
 

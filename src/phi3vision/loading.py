@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,6 @@ def default_model() -> str:
     """The checkpoint used when none is named: ``$PHI3VISION_MODEL``, else the 128k model."""
     return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID
 
-
-KNOWN_MODEL_IDS = ("microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct")
 
 CHECKPOINT_FILE_PATTERNS = [
     "config.json",
@@ -79,7 +77,6 @@ class Checkpoint:
     weight_files: list[Path]
     model_id: str
     revision: str | None = None
-    weight_index: dict[str, Path] = field(default_factory=dict)
 
 
 def resolve_directory(name_or_path: str | Path, revision: str | None = None) -> Path:
@@ -131,15 +128,13 @@ def open_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Ch
     if not tokenizer_file.is_file():
         raise CheckpointError(f"checkpoint file missing: {tokenizer_file}")
     index_file = directory / "model.safetensors.index.json"
-    weight_index: dict[str, Path] = {}
     if (directory / "model.safetensors").is_file():
         weight_files = [directory / "model.safetensors"]
     elif index_file.is_file():
         weight_map = _read_json(index_file).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index_file} has no weight_map")
-        weight_index = {name: directory / str(file) for name, file in weight_map.items()}
-        weight_files = sorted(set(weight_index.values()))
+        weight_files = sorted({directory / str(file) for file in weight_map.values()})
         for file in weight_files:
             if file.resolve().parent != directory.resolve() or file.suffix != ".safetensors":
                 raise CheckpointError(
@@ -162,7 +157,6 @@ def open_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Ch
         weight_files=weight_files,
         model_id=str(Path(name_or_path).expanduser().resolve()) if is_local else str(name_or_path),
         revision=None if is_local else revision,
-        weight_index=weight_index,
     )
 
 

@@ -26,7 +26,7 @@ from .errors import (
 from .limits import RequestLimits
 from .loading import default_model
 from .options import GenerationOptions, resolve_options
-from .prompt import Prompt, resolve_prompt
+from .prompt import Prompt, batch_item, resolve_prompt
 from .results import Generation, ModelRef, Timings, Usage
 from .tasks import TaskMixin
 
@@ -366,10 +366,32 @@ class VisionModel(TaskMixin):
         return self.module.embed(ids, [self._image_features(encoding, numbers)])
 
     def clear_caches(self) -> None:
-        """Forget cached image features and the last prompt's KV cache (frees their memory)."""
+        """Forget cached image features and the last prompt's KV cache (frees their memory).
+        With ``compile=True`` the static KV cache stays allocated for the next call; ``close()``
+        frees it."""
         with self._lock:
             self._feature_cache.clear()
             self._prefix = None
+
+    def _left_padded(
+        self, encodings: Sequence[Encoding], past: int, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings ``(B, length - past, hidden)`` of the positions after ``past``, the
+        attention mask ``(B, length)`` and the ids ``(B, length)`` (``-1`` on the padding), each
+        row padded on the left to ``length``."""
+        import torch
+
+        embeds = [self._embed(e, past)[0] for e in encodings]  # each (L_i - past, hidden)
+        batch = torch.zeros(
+            len(embeds), length - past, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
+        )
+        mask = torch.zeros(len(embeds), length, dtype=torch.long, device=self.device)
+        ids = torch.full((len(embeds), length), -1, dtype=torch.long, device=self.device)
+        for row, (embed, encoding) in enumerate(zip(embeds, encodings, strict=True)):
+            batch[row, batch.shape[1] - embed.shape[0] :] = embed
+            mask[row, length - encoding.num_tokens :] = 1
+            ids[row, length - encoding.num_tokens :] = encoding.input_ids[0].to(self.device)
+        return batch, mask, ids
 
     def _take_prefix(self, encoding: Encoding) -> tuple[Any, int]:
         """A KV cache for this call and how many of its leading positions are already filled.
@@ -397,7 +419,7 @@ class VisionModel(TaskMixin):
         """Keep this call's KV cache for the next call (single prompts in the short range)."""
         from .caches import PrefixEntry
 
-        if not self.reuse_prefix or encoding.num_tokens > self._original_context:
+        if self._closed or not self.reuse_prefix or encoding.num_tokens > self._original_context:
             return
         token_ids = encoding.input_ids[0].tolist() + generated
         if cache.get_seq_length() != len(token_ids):
@@ -415,7 +437,11 @@ class VisionModel(TaskMixin):
             return output.logits.float()
 
     def _generate_rows(
-        self, encodings: Sequence[Encoding], options: GenerationOptions, started: float, preprocess_s: float
+        self,
+        encodings: Sequence[Encoding],
+        options: GenerationOptions,
+        started: float,
+        preprocess_s: Sequence[float],
     ) -> list[Generation]:
         """Generate for several encodings at once (left padding), to the end."""
         steps = self._step_rows(encodings, options, started, preprocess_s)
@@ -431,45 +457,47 @@ class VisionModel(TaskMixin):
         encodings: Sequence[Encoding],
         options: GenerationOptions,
         started: float,
-        preprocess_s: float,
+        preprocess_s: Sequence[float],
         on_text: Callable[[int, str], None] | None = None,
         sync_every: int = 8,
     ) -> Generator[None, None, list[Generation]]:
-        """The heart of every call: yields after each decoding step, returns the results.
+        """The heart of every call: yields after each look at the tokens (every ``sync_every``
+        decoding steps), returns the results.
 
         The caller holds the lock and inference mode around each ``next()``; nothing here
         keeps model state between steps except this call's own KV cache.
         """
-        import torch
 
         from .generation import TokenChooser, collect_rows, decode_steps, new_cache
         from .stopping import stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
+        static = self._static  # closing the model clears the attribute, not this call's copy
         length = max(e.num_tokens for e in encodings)
-        if self._static is not None:
-            cache, past = self._static.cache(len(encodings), length + options.max_new_tokens), 0
+        if static is not None:
+            cache, past = static.cache(len(encodings), length + options.max_new_tokens), 0
         elif len(encodings) == 1:
             cache, past = self._take_prefix(encodings[0])
         else:
             cache, past = new_cache(model), 0
-        embeds = [self._embed(e, past)[0] for e in encodings]  # each (L_i - past, hidden)
-        batch = torch.zeros(
-            len(embeds), length - past, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
-        )
-        mask = torch.zeros(len(embeds), length, dtype=torch.long, device=self.device)
-        ids = torch.full((len(embeds), length), -1, dtype=torch.long, device=self.device)
-        for row, (embed, encoding) in enumerate(zip(embeds, encodings, strict=True)):
-            batch[row, batch.shape[1] - embed.shape[0] :] = embed
-            mask[row, length - encoding.num_tokens :] = 1
-            ids[row, length - encoding.num_tokens :] = encoding.input_ids[0].to(self.device)
-        chooser = TokenChooser(options, self.device)
-        steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, self._static)
-        outcome = yield from collect_rows(
-            steps, len(encodings), stop, self.processor.tokenizer, options.max_new_tokens, sync_every, on_text
-        )
-        if len(encodings) == 1 and self._static is None:
+        try:
+            batch, mask, ids = self._left_padded(encodings, past, length)
+            chooser = TokenChooser(options, self.device)
+            steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, static)
+            outcome = yield from collect_rows(
+                steps,
+                len(encodings),
+                stop,
+                self.processor.tokenizer,
+                options.max_new_tokens,
+                sync_every,
+                on_text,
+            )
+        finally:
+            if static is not None:
+                static.release(cache)
+        if len(encodings) == 1 and static is None:
             self._keep_prefix(encodings[0], cache, outcome.fed_tokens[0])
         ended = time.perf_counter()
         first_token_at = outcome.first_token_at or ended
@@ -488,7 +516,7 @@ class VisionModel(TaskMixin):
                         completion_tokens=completion,
                     ),
                     timings=Timings(
-                        preprocess_s=preprocess_s,
+                        preprocess_s=preprocess_s[row],
                         time_to_first_token_s=first_token_at - started,
                         decode_s=decode_s,
                         total_s=ended - started,
@@ -534,7 +562,7 @@ class VisionModel(TaskMixin):
             prompt, images, num_crops, options, option_fields
         )
         with self._lock, _device_errors(), torch.inference_mode():
-            return self._generate_rows([encoding], resolved, started, preprocess_s)[0]
+            return self._generate_rows([encoding], resolved, started, [preprocess_s])[0]
 
     def stream(
         self,
@@ -565,44 +593,78 @@ class VisionModel(TaskMixin):
 
         Each item is a ``Prompt`` or a ``(raw_text, images)`` pair. An item that fails (a bad
         image, a bad prompt, too long) gets a result with ``finish_reason="error"`` and its
-        ``error``; the others complete. Greedy output equals running the prompts one by one.
+        ``error``; the others complete. Greedy output equals running the prompts one by one:
+        rows are only batched with rows in the same rotary regime (see ``_rope_regime``).
+        Items are read and preprocessed ``batch_size`` at a time, so memory does not grow with
+        the number of prompts. In each result, ``preprocess_s`` is the item's own; its time to
+        first token and total time count from the start of its batch's model work.
         """
         import torch
 
         from .errors import OptionsError
+        from .processing.processor import check_num_crops
 
         self.module  # noqa: B018 - raises if closed
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
+        if num_crops is not None:
+            check_num_crops(num_crops)
         resolved = resolve_options(options, option_fields)
         results: list[Generation | None] = [None] * len(prompts)
-        ready: list[tuple[int, Encoding, float, float]] = []
-        for index, item in enumerate(prompts):
-            started = time.perf_counter()
-            try:
-                prompt, images = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
-                encoding = self.encode(prompt, images, num_crops=num_crops)
-                self._check_length(encoding, resolved)
-                self._make_pixels(encoding)
-                ready.append((index, encoding, started, time.perf_counter() - started))
-            except Phi3VisionError as exc:
-                results[index] = self._failed(exc)
-        for start in range(0, len(ready), batch_size):
-            chunk = ready[start : start + batch_size]
-            began = time.perf_counter()
-            try:
-                with self._lock, _device_errors(), torch.inference_mode():
-                    generated = self._generate_rows(
-                        [encoding for _, encoding, _, _ in chunk],
-                        resolved,
-                        began,
-                        sum(p for _, _, _, p in chunk) / len(chunk),
-                    )
-            except (OutOfMemoryError, ContextLengthError) as exc:
-                generated = [self._failed(exc) for _ in chunk]
-            for (index, _, _, _), generation in zip(chunk, generated, strict=True):
-                results[index] = generation
-        return [r if r is not None else self._failed(Phi3VisionError("not run")) for r in results]
+        for window in range(0, len(prompts), batch_size):
+            ready: dict[int, tuple[Encoding, float]] = {}
+            for index in range(window, min(window + batch_size, len(prompts))):
+                started = time.perf_counter()
+                try:
+                    prompt, images = batch_item(prompts[index])
+                    encoding = self.encode(prompt, images, num_crops=num_crops)
+                    self._check_length(encoding, resolved)
+                    self._make_pixels(encoding)
+                    ready[index] = (encoding, time.perf_counter() - started)
+                except Phi3VisionError as exc:
+                    results[index] = self._failed(exc)
+            for group in self._rope_groups(ready, resolved.max_new_tokens):
+                try:
+                    with self._lock, _device_errors(), torch.inference_mode():
+                        generated = self._generate_rows(
+                            [ready[index][0] for index in group],
+                            resolved,
+                            time.perf_counter(),
+                            [ready[index][1] for index in group],
+                        )
+                except OutOfMemoryError as exc:
+                    generated = [self._failed(exc) for _ in group]
+                for index, generation in zip(group, generated, strict=True):
+                    results[index] = generation
+        finished = [result for result in results if result is not None]
+        if len(finished) != len(prompts):  # every item either failed or was generated
+            raise Phi3VisionError("internal error: a batch item has no result")
+        return finished
+
+    def _rope_regime(self, encoding: Encoding, max_new_tokens: int) -> str:
+        """Which rotary factors a row's positions get. The checkpoints' LongRoPE uses its short
+        factors while a forward pass's longest row fits the original 4096 positions and its long
+        factors past them, for every row of the batch at once. Rows that stay short, rows that
+        start long, and rows that cross the boundary while decoding must not share a batch."""
+        if encoding.num_tokens + max_new_tokens <= self._original_context:
+            return "short"
+        if encoding.num_tokens > self._original_context:
+            return "long"
+        return "crossing"
+
+    def _rope_groups(
+        self, ready: Mapping[int, tuple[Encoding, float]], max_new_tokens: int
+    ) -> list[list[int]]:
+        """The items of one window split into batches that give one-by-one results."""
+        groups: dict[str, list[int]] = {}
+        singles: list[list[int]] = []
+        for index, (encoding, _) in ready.items():
+            regime = self._rope_regime(encoding, max_new_tokens)
+            if regime == "crossing":
+                singles.append([index])  # its switch to long factors is its own
+            else:
+                groups.setdefault(regime, []).append(index)
+        return [*groups.values(), *singles]
 
     def _failed(self, exc: Exception) -> Generation:
         return Generation.failed(exc, self.model_ref)
@@ -641,7 +703,7 @@ class GenerationStream:
             [self._encoding],
             self._options,
             self._started,
-            self._preprocess_s,
+            [self._preprocess_s],
             on_text=lambda _row, delta: pending.append(delta),
             sync_every=1,
         )
@@ -649,6 +711,9 @@ class GenerationStream:
             # The lock is taken per step, so a stream left half-read never blocks other callers.
             try:
                 with owner._lock, _device_errors(), torch.inference_mode():
+                    if owner._closed:
+                        steps.close()
+                        raise ModelClosedError("the model was closed while this stream was being read")
                     next(steps)
             except StopIteration as done:
                 self._result = done.value[0]

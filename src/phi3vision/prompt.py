@@ -38,6 +38,20 @@ class Turn:
     images: tuple[Any, ...] = ()
 
 
+_ANY_MARKER = re.compile(r"<\|[^|<>]*\|>")
+
+
+def strip_chat_markers(text: str) -> str:
+    """Text with every ``<|...|>`` marker removed, so that model output can go back into a
+    prompt as a turn. Removal repeats until none is left: ``"<|<|end|>end|>"`` must not leave
+    an ``<|end|>`` behind."""
+    while True:
+        stripped = _ANY_MARKER.sub("", text)
+        if stripped == text:
+            return text
+        text = stripped
+
+
 def _check_text(text: object, role: str) -> str:
     if not isinstance(text, str):
         raise PromptError(f"{role} text must be a str, got {type(text).__name__}")
@@ -150,3 +164,14 @@ def resolve_prompt(prompt: Prompt | str, images: Sequence[Any] | None) -> tuple[
         raise PromptError(f"prompt must be a Prompt or a str, got {type(prompt).__name__}")
     placeholder_numbers(text, len(image_list))
     return text, image_list
+
+
+def batch_item(item: Prompt | str | tuple[str, Sequence[Any]]) -> tuple[Prompt | str, Sequence[Any] | None]:
+    """A ``generate_batch`` item, a ``Prompt`` or a ``(raw_text, images)`` pair, as (prompt, images)."""
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            raise PromptError(
+                f"a batch item given as a tuple must be (raw_text, images), got {len(item)} values"
+            )
+        return item[0], item[1]
+    return item, None

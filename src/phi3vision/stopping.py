@@ -51,11 +51,10 @@ class CompletionText:
         """Add a token; returns the new text that is safe to show."""
         self.token_ids.append(token_id)
         text = self.tokenizer.decode(self.token_ids)
-        for stop in self.stop_strings:
-            at = text.find(stop)
-            if at >= 0:
-                text = text[:at]
-                self.stopped_by_string = True
+        cuts = [at for at in (text.find(stop) for stop in self.stop_strings) if at >= 0]
+        if cuts:
+            text = text[: min(cuts)]  # the earliest stop string wins, whatever their order
+            self.stopped_by_string = True
         self._text = text
         safe = text if self.stopped_by_string else self._holdback(text)
         if not safe.startswith(self.emitted):

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import OptionsError, OutputParseError, PromptError
-from .prompt import Prompt
+from .prompt import Prompt, strip_chat_markers
 from .results import Answer, Comparison, Description, Generation, TextExtraction
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -189,8 +189,8 @@ class TaskMixin:
                 value = parse_json_object(result.text, schema)
             except OutputParseError as exc:
                 error = exc
-                prompt = prompt.assistant(_safe_turn_text(result.text)).user(
-                    self.task_prompts.extract_retry.replace("{error}", _safe_turn_text(str(exc)))
+                prompt = prompt.assistant(strip_chat_markers(result.text)).user(
+                    self.task_prompts.extract_retry.replace("{error}", strip_chat_markers(str(exc)))
                 )
                 continue
             return Extraction(**result.model_dump(), value=value, attempts=attempt)
@@ -221,10 +221,6 @@ class TaskMixin:
         ).value
         return value
 
-
-def _safe_turn_text(text: str) -> str:
-    """Model output fed back as a turn: chat markers in it would break the prompt's structure."""
-    return re.sub(r"<\|[^|<>]*\|>", "", text)
 
 
 __all__ = ["Extraction", "TaskMixin", "TaskPrompts", "parse_json_object"]

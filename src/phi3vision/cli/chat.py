@@ -9,7 +9,6 @@ the answers.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -30,9 +29,6 @@ HELP = (
     "/quit (or end of input) leaves; start a message with // to send one that begins with /"
 )
 
-_CHAT_MARKER = re.compile(r"<\|[^|<>]*\|>")
-
-
 def _read_line(interactive: bool) -> str | None:
     """The next message, or None at end of input. ``input()`` gives line editing on a
     terminal; a pipe is read directly so that nothing but answers reaches stdout."""
@@ -45,15 +41,9 @@ def _read_line(interactive: bool) -> str | None:
     return line if line else None
 
 
-def _as_turn_text(answer: str) -> str:
-    """An answer becomes the assistant turn of the next prompt; a chat marker inside it (a
-    random or confused model can write one) would break the prompt's structure, so it goes."""
-    return _CHAT_MARKER.sub("", answer)
-
-
 def run_chat(args: argparse.Namespace) -> int:
     from ..images import load_image
-    from ..prompt import Prompt
+    from ..prompt import Prompt, strip_chat_markers
 
     first_images = [source for _, source in image_inputs(args.images)]
     interactive = sys.stdin.isatty()
@@ -106,6 +96,6 @@ def run_chat(args: argparse.Namespace) -> int:
             except Phi3VisionError as exc:
                 report(exc, debug_flag(args))
                 continue
-            conversation = prompt.assistant(_as_turn_text(result.text))
+            conversation = prompt.assistant(strip_chat_markers(result.text))
             pending = []
     return 0

@@ -36,7 +36,7 @@ from ..model import ModelInfo, PromptInput, TokenCount
 from ..options import GenerationOptions, resolve_options
 from ..processing.processor import Processor, check_num_crops
 from ..processing.tokenization import DEFAULT_STOP_TOKEN_IDS, PromptTokenizer
-from ..prompt import resolve_prompt
+from ..prompt import batch_item, resolve_prompt
 from ..results import FinishReason, Generation, ModelRef, Timings, Usage
 from ..stopping import stop_conditions
 from ..tasks import TaskMixin
@@ -476,7 +476,7 @@ class FakeVisionModel(TaskMixin):
         for index, item in enumerate(prompts):
             started = time.perf_counter()
             try:
-                prompt, images = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+                prompt, images = batch_item(item)
                 call = self._begin("generate_batch", prompt, images, num_crops, resolved, index)
                 results.append(self._answer(call, started))
             except Phi3VisionError as exc:
