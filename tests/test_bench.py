@@ -173,3 +173,8 @@ def test_numbers_are_written_without_exponents() -> None:
         "12,346",
         "n/a",
     ]
+
+
+def test_help_says_the_mid_size_takes_minutes_as_the_docs_do() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "mid (a few minutes in all on a 2-core CPU)" in text and "seconds" not in text

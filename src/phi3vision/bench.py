@@ -1150,7 +1150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=sorted(MODEL_SIZES),
         default="tiny",
-        help="random-weight model size: tiny, mid (seconds on a small CPU) or full (the real 4.2B shapes)",
+        help="random-weight model size: tiny, mid (a few minutes in all on a 2-core CPU) "
+        "or full (the real 4.2B shapes)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
