@@ -61,7 +61,7 @@ def add_arguments(
     )
     limits.add_argument(
         "--max-queue",
-        type=non_negative_int,
+        type=positive_int,
         default=64,
         metavar="N",
         help="requests waiting for the model; more get 503 (default: 64)",
