@@ -16,7 +16,7 @@ from .. import __version__
 from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
-from . import batch, chat, commands, info
+from . import batch, chat, commands, info, serve
 from .common import report
 
 EXIT_OK = 0
@@ -228,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
     batch_parser.set_defaults(handler=batch.run_batch_command)
+
+    serve_parser = add(
+        "serve",
+        "Serve the OpenAI chat API (POST /v1/chat/completions) over HTTP; needs phi3vision[server].",
+        [debug, model],
+    )
+    serve.add_arguments(serve_parser, _positive_int, _non_negative_int)
+    serve_parser.set_defaults(handler=serve.run_serve)
     return parser
 
 
