@@ -18,6 +18,7 @@ from .. import __version__
 from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
+from ..quantization import SCHEMES as QUANTIZATION_SCHEMES
 from . import batch, chat, commands, info, serve
 from .common import report
 
@@ -95,6 +96,11 @@ def _model_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="image crops; more reads finer detail but costs more tokens (default: the checkpoint's)",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_SCHEMES,
+        help="language-model weights as int8 (CPU, CUDA), int4 or nf4 (CUDA) (default: none)",
     )
     parent.add_argument(
         "--verbose",
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         [debug],
     )
     info_parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    info.add_arguments(info_parser)
     info_parser.set_defaults(handler=info.run_info)
 
     batch_parser = add(
