@@ -150,5 +150,12 @@ def run_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits (with its own code) when it cannot start
+            if server.started:
+                raise
+        if not server.started:  # uvicorn has logged why (most often: the port is taken)
+            raise OSError(f"the server could not listen on {args.host}:{args.port}")
     return 0
