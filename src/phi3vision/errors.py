@@ -12,7 +12,8 @@ The tree::
     ├── DeviceError                 a device, dtype or attention implementation cannot be used
     │   └── OutOfMemoryError        the accelerator ran out of memory during a call
     ├── ModelClosedError            the VisionModel was closed and cannot be used any more
-    └── OutputParseError            the model's answer could not be parsed into the asked schema
+    ├── OutputParseError            the model's answer could not be parsed into the asked schema
+    └── MissingExtraError           an optional part needs an extra: pip install 'phi3vision[NAME]'
 
 Input errors (image, prompt, options) also derive from ``ValueError`` so that code written
 against plain Python conventions keeps working. Every message says what was wrong and, where
@@ -27,6 +28,7 @@ __all__ = [
     "DeviceError",
     "ImageError",
     "ImageTooLargeError",
+    "MissingExtraError",
     "ModelClosedError",
     "OptionsError",
     "OutOfMemoryError",
@@ -79,3 +81,8 @@ class ModelClosedError(Phi3VisionError):
 
 class OutputParseError(Phi3VisionError):
     """The model's answer could not be parsed and validated into the requested schema."""
+
+
+class MissingExtraError(Phi3VisionError, ImportError):
+    """An optional capability is used but its extra is not installed; the message names the
+    ``pip install 'phi3vision[NAME]'`` command. Also an ``ImportError``."""
