@@ -261,8 +261,6 @@ def _prepare(args: argparse.Namespace) -> None:
         sub.error("stdin holds the conversation in a chat; give images as paths or URLs")
     if args.command == "compare" and len(args.images) < 2:
         sub.error("compare needs at least two images")
-    if getattr(args, "retry_failed", False) and args.overwrite:
-        sub.error("--retry-failed continues the file; it cannot go with --overwrite")
 
 
 def _exit_code(exc: SystemExit) -> int:

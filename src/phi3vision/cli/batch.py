@@ -17,32 +17,23 @@ _MAX_LISTED_FAILURES = 10
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from ..jobs import BatchJob, check_output, collect_items
+    from ..errors import OptionsError
+    from ..jobs import BatchJob, BatchSettings, batch_settings, check_output, collect_items
 
+    # The command's options carry the settings' names, so the mapping cannot drift.
+    try:
+        settings = batch_settings(**{name: getattr(args, name) for name in BatchSettings.model_fields})
+    except OptionsError as exc:
+        args.parser.error(str(exc))
     items = collect_items(args.inputs, recursive=args.recursive)
-    if args.task == "ask" and args.question is None:
-        missing = next((item for item in items if item.question is None), None)
-        if missing is not None:
-            args.parser.error(
-                f"ask needs -q QUESTION or a 'question' for every item; "
-                f"{missing.key} ({missing.origin}) has none"
-            )
-    resume = args.resume or args.retry_failed
-    check_output(args.out, resume=resume, overwrite=args.overwrite)
-    with load_model(args) as vm:
-        job = BatchJob(
-            vm,
-            args.task,
-            items,
-            args.out,
-            question=args.question,
-            batch_size=args.batch_size,
-            options=args.options,
-            resume=resume,
-            overwrite=args.overwrite,
-            retry_failed=args.retry_failed,
-            progress=args.progress,
+    missing = settings.item_without_question(items)
+    if missing is not None:
+        args.parser.error(
+            f"ask needs -q QUESTION or a 'question' for every item; {missing.key} ({missing.origin}) has none"
         )
+    check_output(args.out, resume=settings.resume, overwrite=settings.overwrite)
+    with load_model(args) as vm:
+        job = BatchJob.from_settings(vm, settings, items, args.out)
         try:
             summary = job.run()
         except KeyboardInterrupt:
