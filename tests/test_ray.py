@@ -176,3 +176,52 @@ def test_predictor_names_a_missing_image_column_and_fails_rows_without_an_image(
     rows = predictor({"path": [None, str(IMAGES / "tiny.png")]})
     assert rows["status"] == ["failed", "done"]
     assert rows["error"][0]["message"] == "the row has no image"
+
+
+def test_batch_command_with_the_ray_executor_writes_the_same_file_and_resumes(
+    local_ray: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from phi3vision.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, source in [("a1.png", "square336.png"), ("a2.png", "strip.png"), ("b1.png", "team_b.png")]:
+        (folder / name).write_bytes((IMAGES / source).read_bytes())
+    data = (IMAGES / "tiny.png").read_bytes()
+    (folder / "b2.png").write_bytes(data[: len(data) // 2])
+    common = [
+        "--model", str(GOLDEN_CHECKPOINT), "--device", "cpu", "--dtype", "float32",
+        "--num-crops", "1", "--max-new-tokens", "6", "--batch-size", "2",
+    ]  # fmt: skip
+    local, distributed = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert main(["batch", "describe", str(folder), "--out", str(local), *common]) == 1  # b2 failed
+    # Half the job in-process, the rest resumed on Ray: one file, as if run in one go.
+    assert main(["batch", "describe", str(folder / "a*.png"), "--out", str(distributed), *common]) == 0
+    capsys.readouterr()
+    code = main(
+        [
+            "batch",
+            "describe",
+            str(folder),
+            "--out",
+            str(distributed),
+            "--resume",
+            "--executor",
+            "ray",
+            *common,
+        ]
+    )
+    assert code == 1
+    assert "4 items, 1 done, 1 failed, 2 skipped" in capsys.readouterr().err
+    expected = [json.loads(line) for line in local.read_text(encoding="utf-8").splitlines()]
+    written = [json.loads(line) for line in distributed.read_text(encoding="utf-8").splitlines()]
+    assert [without(row, ("timings",)) for row in written] == [without(row, ("timings",)) for row in expected]
+    assert [row["status"] for row in written] == ["done", "done", "done", "failed"]
+
+
+def test_ray_options_need_the_ray_executor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from phi3vision.cli import main
+
+    args = ["batch", "describe", str(IMAGES / "tiny.png"), "--out", str(tmp_path / "o.jsonl")]
+    assert main([*args, "--ray-address", "127.0.0.1:6379"]) == 2
+    assert "--ray-address needs --executor ray" in capsys.readouterr().err

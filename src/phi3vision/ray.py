@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import MissingExtraError, OptionsError, Phi3VisionError
-from .jobs import TASKS
-from .options import resolve_options
+from .jobs import TASKS, BatchItem, JobExecutor, batch_settings, result_row
+from .options import GenerationOptions, resolve_options
 from .prompt import Prompt
 from .results import Generation
 from .tasks import TaskPrompts
@@ -39,12 +39,35 @@ if TYPE_CHECKING:
 
     from .model import VisionModel
 
-__all__ = ["DEFAULT_NUM_CPUS", "IMAGE_COLUMNS", "VisionPredictor", "map_images", "task_instruction"]
+__all__ = [
+    "DEFAULT_NUM_CPUS",
+    "IMAGE_COLUMNS",
+    "ROW_FIELDS",
+    "RayExecutor",
+    "VisionPredictor",
+    "finished_keys",
+    "map_images",
+    "task_instruction",
+]
 
 IMAGE_COLUMNS: tuple[str, ...] = ("image", "bytes", "path", "url")
 """Columns looked for, in this order, when ``column`` is not given: ``image`` is what
 ``ray.data.read_images`` makes (a pixel array), ``bytes`` what ``read_binary_files`` makes,
 ``path`` and ``url`` strings that the image loader reads."""
+
+ROW_FIELDS = (
+    "key",
+    "input",
+    "task",
+    "status",
+    "text",
+    "finish_reason",
+    "usage",
+    "timings",
+    "model",
+    "error",
+)
+"""The columns of an output row, in order (``keep_columns`` follow them)."""
 
 _KEY_COLUMNS = ("key", "path", "url")
 
@@ -82,22 +105,6 @@ def task_instruction(task: str, question: str | None, prompts: TaskPrompts) -> s
     raise OptionsError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
 
 
-def record_fields(
-    key: str, image: str | None, task: str, question: str | None, result: Generation
-) -> dict[str, Any]:
-    """One output row: the fields of a ``phi3vision batch`` JSON line, without the fingerprint."""
-    fields = result.model_dump(
-        mode="json", include={"text", "finish_reason", "usage", "timings", "model", "error"}
-    )
-    return {
-        "key": key,
-        "input": {"image": image, "question": question if task == "ask" else None},
-        "task": task,
-        "status": "failed" if result.finish_reason == "error" else "done",
-        **fields,
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # The actor
 
@@ -133,13 +140,9 @@ class VisionPredictor:
     ) -> None:
         from .model import VisionModel
 
-        _check_task(task, question)
-        self.task = task
+        self.settings = batch_settings(task, question=question, batch_size=batch_size, options=options)
         self.column = column
         self.key = key
-        self.question = question
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.options = resolve_options(options, {})
         self.keep_columns = tuple(keep_columns)
         load = load_kwargs(
             device=device, dtype=dtype, quantization=quantization, num_crops=num_crops, extra=load_options
@@ -153,52 +156,43 @@ class VisionPredictor:
         key_column = self.key or _key_column(names, column, images[0] if images else None)
         keys = [str(_plain(value)) for value in batch[key_column]]
         own_questions = batch["question"] if "question" in batch else [None] * len(images)
-        questions = [_question(value, self.question) for value in own_questions]
-        rows = [
-            record_fields(key, image if isinstance(image, str) else None, self.task, question, result)
-            for key, image, question, result in zip(
-                keys, images, questions, self._generate(images, questions), strict=True
-            )
+        items = [
+            # A path or URL is the image "as given"; bytes and pixels are named by their key.
+            BatchItem(key=key, image=image if isinstance(image, str) else key, source="", question=_text(own))
+            for key, image, own in zip(keys, images, own_questions, strict=True)
         ]
-        out: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _ROW_FIELDS}
+        rows = [
+            result_row(self.settings, item, "", result)
+            for item, result in zip(items, self._generate(images, items), strict=True)
+        ]
+        out: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in ROW_FIELDS}
         for name in self.keep_columns:
             out[name] = [_plain(value) for value in batch[name]]
         return out
 
-    def _generate(self, images: Sequence[Any], questions: Sequence[str | None]) -> list[Generation]:
+    def _generate(self, images: Sequence[Any], items: Sequence[BatchItem]) -> list[Generation]:
         """Results in order. A row whose prompt cannot be built (no question, a question with
         chat markers, no image) fails on its own; ``generate_batch`` fails bad images itself."""
         results: list[Generation | None] = [None] * len(images)
         prompts: list[Prompt] = []
         positions: list[int] = []
-        for position, (image, question) in enumerate(zip(images, questions, strict=True)):
+        for position, (image, item) in enumerate(zip(images, items, strict=True)):
             try:
                 if image is None:
                     raise OptionsError("the row has no image")
-                text = task_instruction(self.task, question, self.model.task_prompts)
+                question = self.settings.question_for(item)
+                text = task_instruction(self.settings.task, question, self.model.task_prompts)
                 prompts.append(Prompt().user(text, images=[image]))
                 positions.append(position)
             except Phi3VisionError as exc:
                 results[position] = Generation.failed(exc, self.model.model_ref)
         if prompts:
-            generated = self.model.generate_batch(prompts, batch_size=self.batch_size, options=self.options)
+            generated = self.model.generate_batch(
+                prompts, batch_size=self.settings.batch_size, options=self.settings.options
+            )
             for position, result in zip(positions, generated, strict=True):
                 results[position] = result
         return [r if r is not None else Generation.failed(RuntimeError("not run")) for r in results]
-
-
-_ROW_FIELDS = (
-    "key",
-    "input",
-    "task",
-    "status",
-    "text",
-    "finish_reason",
-    "usage",
-    "timings",
-    "model",
-    "error",
-)
 
 
 def _plain(value: Any) -> Any:
@@ -218,9 +212,10 @@ def _image_value(value: Any) -> Any:
     return value
 
 
-def _question(value: Any, default: str | None) -> str | None:
+def _text(value: Any) -> str | None:
+    """A row's own question: a non-empty string, else none."""
     value = _plain(value)
-    return value if isinstance(value, str) and value.strip() else default
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _image_column(names: Sequence[str]) -> str:
@@ -247,13 +242,6 @@ def _key_column(names: Sequence[str], column: str, sample: Any) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Checks done on the driver, before any actor starts
-
-
-def _check_task(task: str, question: str | None) -> None:
-    if task not in TASKS:
-        raise OptionsError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    if question is not None and (not isinstance(question, str) or not question.strip()):
-        raise OptionsError("question must be a non-empty string")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -426,9 +414,8 @@ def map_images(
     from .loading import default_model
 
     ray = _ray()
-    _check_task(task, question)
-    _positive_int("batch_size", batch_size)
     generation = resolve_options(None, options).model_dump(mode="json", exclude_unset=True)
+    batch_settings(task, question=question, batch_size=batch_size, options=generation)
     load_kwargs(  # checked here so that a misspelt option fails once, not in every actor
         device=device, dtype=dtype, quantization=quantization, num_crops=num_crops, extra=load_options
     )
@@ -485,7 +472,7 @@ def checkpoint_identity(
     return checkpoint.model_id, checkpoint.revision, check_num_crops(crops)
 
 
-class RayExecutor:
+class RayExecutor(JobExecutor):
     """Runs a batch job's generation on Ray (``BatchJob(RayExecutor(...), ...)``): the job
     plans, fingerprints and writes its output here, as in-process; the actors generate.
 
@@ -542,7 +529,7 @@ class RayExecutor:
             raise
 
     def stream(
-        self, requests: Sequence[tuple[str, Any]], *, batch_size: int, options: Mapping[str, Any]
+        self, requests: Sequence[tuple[str, str]], *, batch_size: int, options: GenerationOptions
     ) -> Iterator[Generation]:
         """Results for ``(instruction, image)`` requests, in their order, as they finish."""
         if not requests:
@@ -557,7 +544,7 @@ class RayExecutor:
             key="key",
             batch_size=batch_size,
             **self._map_args,
-            **options,
+            **options.model_dump(mode="json"),
         )
         results.context.execution_options.preserve_order = True
         for row in results.iter_rows():

@@ -10,10 +10,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from .common import load_model, note
 
+if TYPE_CHECKING:
+    from ..model import VisionModel
+    from ..ray import RayExecutor
+
 _MAX_LISTED_FAILURES = 10
+
+
+def _model_or_executor(args: argparse.Namespace) -> VisionModel | RayExecutor:
+    """The model loaded here, or, with ``--executor ray``, Ray actors that each load it."""
+    if args.executor == "local":
+        if args.ray_address is not None:
+            args.parser.error("--ray-address needs --executor ray")
+        return load_model(args)
+    from ..ray import RayExecutor
+
+    return RayExecutor(
+        args.model,
+        address=args.ray_address,
+        device=args.device,
+        dtype=args.dtype,
+        num_crops=args.num_crops,
+        load_options={"attn_implementation": args.attn, "revision": args.revision},
+        concurrency=args.ray_actors,
+        num_gpus=args.ray_gpus,
+        num_cpus=args.ray_cpus,
+    )
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
@@ -32,8 +58,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
             f"ask needs -q QUESTION or a 'question' for every item; {missing.key} ({missing.origin}) has none"
         )
     check_output(args.out, resume=settings.resume, overwrite=settings.overwrite)
-    with load_model(args) as vm:
-        job = BatchJob.from_settings(vm, settings, items, args.out)
+    with _model_or_executor(args) as model:
+        job = BatchJob.from_settings(model, settings, items, args.out)
         try:
             summary = job.run()
         except KeyboardInterrupt:
