@@ -36,6 +36,9 @@ _EXPORTS = {
     "load_image": "images",
     "Encoding": "processing.processor",
     "DEFAULT_MODEL_ID": "loading",
+    "plan_memory": "memory",
+    "MemoryPlan": "memory",
+    "MemoryWarning": "memory",
     "Phi3VisionError": "errors",
     "ImageError": "errors",
     "ImageTooLargeError": "errors",
@@ -67,6 +70,8 @@ __all__ = [
     "ImageError",
     "ImagePolicy",
     "ImageTooLargeError",
+    "MemoryPlan",
+    "MemoryWarning",
     "ModelClosedError",
     "ModelInfo",
     "ModelRef",
@@ -85,6 +90,7 @@ __all__ = [
     "VisionModel",
     "__version__",
     "load_image",
+    "plan_memory",
 ]
 
 
@@ -119,6 +125,7 @@ if TYPE_CHECKING:
     from .images import ImagePolicy, load_image
     from .limits import RequestLimits
     from .loading import DEFAULT_MODEL_ID
+    from .memory import MemoryPlan, MemoryWarning, plan_memory
     from .model import GenerationStream, ModelInfo, TokenCount, VisionModel
     from .options import GenerationOptions
     from .processing.processor import Encoding

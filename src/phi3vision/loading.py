@@ -392,6 +392,7 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device,
     dtype: torch.dtype,
+    quantization: str | None = None,
 ) -> None:
     """Read the checkpoint's weights onto ``model``'s parameters, one tensor at a time.
 
@@ -399,8 +400,18 @@ def load_weights(
     tensor is read. Each tensor is read with plain file reads into memory of its own (the file
     is not memory-mapped, so its pages never count as the process's memory), then converted
     to its device and dtype: the peak is the model plus one tensor, never a second copy.
+
+    With ``quantization`` ("int8", "int4", "nf4"; see ``phi3vision.quantization``) each
+    language-model linear layer is replaced by its quantised form as soon as its weights are
+    read, so the full-precision layers never exist all at once.
     """
     import torch
+
+    from .quantization import check_quantization, is_quantization_target, quantize_linear, require_library
+
+    if quantization is not None:
+        check_quantization(quantization, device.type, str(dtype).removeprefix("torch."))
+        require_library(quantization)
 
     expected = expected_weight_names(model)
     params = dict(model.named_parameters())
@@ -438,11 +449,18 @@ def load_weights(
                     buffer = raw.view(-1).view(torch.uint8).numpy().data  # the tensor's own memory
                     if handle.readinto(buffer) != info.nbytes:
                         raise CheckpointError(f"cannot read weights from {file}: {name!r} is cut short")
-                tensor = raw.to(device=device, dtype=dtype)
-                del raw
                 owner_name, _, attr = expected[name].rpartition(".")
-                setattr(
-                    model.get_submodule(owner_name), attr, torch.nn.Parameter(tensor, requires_grad=False)
-                )
+                owner = model.get_submodule(owner_name)
+                scheme = quantization if is_quantization_target(owner_name, owner) else None
+                # A layer to quantise keeps the stored dtype until it is quantised: no full copy.
+                tensor = raw if scheme else raw.to(device=device, dtype=dtype)
+                del raw
+                setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
+                del tensor
+                if scheme and not any(p.is_meta for p in owner.parameters()):
+                    parent_name, _, child = owner_name.rpartition(".")
+                    replacement = quantize_linear(owner, scheme, device, dtype)
+                    setattr(model.get_submodule(parent_name), child, replacement)
+                del owner
     model.to(device)  # the buffers (rotary frequencies, CLIP position ids), still on the CPU
     model.eval()

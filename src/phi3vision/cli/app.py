@@ -18,7 +18,8 @@ from .. import __version__
 from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
-from . import batch, chat, commands, info
+from ..quantization import SCHEMES as QUANTIZATION_SCHEMES
+from . import batch, chat, commands, info, serve
 from .common import report
 
 EXIT_OK = 0
@@ -95,6 +96,11 @@ def _model_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="image crops; more reads finer detail but costs more tokens (default: the checkpoint's)",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_SCHEMES,
+        help="language-model weights as int8 (CPU, CUDA), int4 or nf4 (CUDA) (default: none)",
     )
     parent.add_argument(
         "--verbose",
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         [debug],
     )
     info_parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    info.add_arguments(info_parser)
     info_parser.set_defaults(handler=info.run_info)
 
     batch_parser = add(
@@ -236,7 +243,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
+    scale = batch_parser.add_argument_group("scaling out (pip install 'phi3vision[ray]')")
+    scale.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the model runs: in this process (default) or in Ray actors; the output is the same",
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="the Ray cluster to use (default: RAY_ADDRESS, or a local Ray)"
+    )
+    scale.add_argument(
+        "--ray-actors", type=_positive_int, default=1, metavar="N", help="model replicas (default: 1)"
+    )
+    scale.add_argument(
+        "--ray-gpus",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per replica; 0.5 puts two on a card (default: 0)",
+    )
+    scale.add_argument(
+        "--ray-cpus",
+        type=_non_negative_float,
+        default=None,
+        metavar="C",
+        help="CPUs per replica (default: 0.5, which leaves CPUs for reading the images)",
+    )
     batch_parser.set_defaults(handler=batch.run_batch_command)
+
+    serve_parser = add(
+        "serve",
+        "Serve the OpenAI chat API (POST /v1/chat/completions) over HTTP; needs phi3vision[server].",
+        [debug, model],
+    )
+    serve.add_arguments(serve_parser, _positive_int, _non_negative_int)
+    serve_parser.set_defaults(handler=serve.run_serve)
     return parser
 
 
@@ -272,8 +314,6 @@ def _prepare(args: argparse.Namespace) -> None:
         sub.error("stdin holds the conversation in a chat; give images as paths or URLs")
     if args.command == "compare" and len(args.images) < 2:
         sub.error("compare needs at least two images")
-    if getattr(args, "retry_failed", False) and args.overwrite:
-        sub.error("--retry-failed continues the file; it cannot go with --overwrite")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")

@@ -43,6 +43,7 @@ def load_model(args: argparse.Namespace) -> VisionModel:
         attn_implementation=args.attn,
         num_crops=args.num_crops,
         revision=args.revision,
+        quantization=args.quantization,
     )
     if verbose(args):
         info = vm.info
