@@ -481,11 +481,15 @@ class VisionModel(TaskMixin):
         keeps model state between steps except this call's own KV cache.
         """
 
+        from .constraints.masking import row_matchers
         from .generation import TokenChooser, collect_rows, decode_steps, new_cache
         from .stopping import stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
+        matchers = row_matchers(options, self.processor.tokenizer, model.vocab_size, len(encodings), stop)
+        if matchers is not None:
+            sync_every = 1  # the matchers read every token on the host anyway
         static = self._static  # closing the model clears the attribute, not this call's copy
         length = max(e.num_tokens for e in encodings)
         if static is not None:
@@ -496,7 +500,7 @@ class VisionModel(TaskMixin):
             cache, past = new_cache(model), 0
         try:
             batch, mask, ids = self._left_padded(encodings, past, length)
-            chooser = TokenChooser(options, self.device)
+            chooser = TokenChooser(options, self.device, matchers)
             steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, static)
             outcome = yield from collect_rows(
                 steps,
