@@ -457,7 +457,11 @@ def load_weights(
                 del raw
                 setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
                 del tensor
-                if scheme and not any(p.is_meta for p in owner.parameters()):
+                if (
+                    scheme
+                    and isinstance(owner, torch.nn.Linear)
+                    and not any(p.is_meta for p in owner.parameters())
+                ):
                     parent_name, _, child = owner_name.rpartition(".")
                     replacement = quantize_linear(owner, scheme, device, dtype)
                     setattr(model.get_submodule(parent_name), child, replacement)
