@@ -20,6 +20,11 @@ class GenerationOptions(BaseModel):
     ``<|endoftext|>``; ``[]`` never stops early; a list of strings and/or token ids stops on
     any of them (add ``"<|end|>"`` yourself to keep the default). A stop string is not part of
     the returned text.
+
+    ``json_schema`` (a JSON schema dict or a pydantic model class), ``regex`` and ``choices``
+    (the answer is exactly one of these strings) constrain decoding so that the answer matches
+    by construction (at most one per call; needs ``pip install 'phi3vision[grammar]'``; see
+    docs/structured.md). With a constraint, ``stop`` may hold token ids only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,6 +37,9 @@ class GenerationOptions(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: tuple[str | int, ...] | None = None
+    json_schema: dict[str, Any] | type[BaseModel] | None = None
+    regex: str | None = None
+    choices: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _check_stop(self) -> GenerationOptions:
@@ -40,6 +48,13 @@ class GenerationOptions(BaseModel):
                 raise ValueError("stop strings must not be empty")
             if isinstance(item, int) and item < 0:
                 raise ValueError(f"stop token ids must be >= 0, got {item}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_constraint(self) -> GenerationOptions:
+        from .constraints import check_constraint_options
+
+        check_constraint_options(self)
         return self
 
 

@@ -7,7 +7,9 @@ some items failed; 2 a usage error (argparse's one-line reason); 130 interrupted
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -16,7 +18,8 @@ from .. import __version__
 from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
-from . import batch, chat, commands, info
+from ..quantization import SCHEMES as QUANTIZATION_SCHEMES
+from . import batch, chat, commands, info, serve
 from .common import report
 
 EXIT_OK = 0
@@ -93,6 +96,17 @@ def _model_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="image crops; more reads finer detail but costs more tokens (default: the checkpoint's)",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_SCHEMES,
+        help="language-model weights as int8 (CPU, CUDA), int4 or nf4 (CUDA) (default: none)",
+    )
+    parent.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="after loading and after each model call, print timings, tokens/s and peak memory to stderr",
     )
     return parent
 
@@ -190,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser = add(
         "info",
         "Show the environment and what 'auto' would choose (device, dtype, attention); loads no model.",
-        [debug, json_out],
+        [debug],
     )
+    info_parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    info.add_arguments(info_parser)
     info_parser.set_defaults(handler=info.run_info)
 
     batch_parser = add(
@@ -255,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPUs per replica (default: 0.5, which leaves CPUs for reading the images)",
     )
     batch_parser.set_defaults(handler=batch.run_batch_command)
+
+    serve_parser = add(
+        "serve",
+        "Serve the OpenAI chat API (POST /v1/chat/completions) over HTTP; needs phi3vision[server].",
+        [debug, model],
+    )
+    serve.add_arguments(serve_parser, _positive_int, _non_negative_int)
+    serve_parser.set_defaults(handler=serve.run_serve)
     return parser
 
 
@@ -279,6 +303,8 @@ def _prepare(args: argparse.Namespace) -> None:
             args.options = resolve_options(None, fields)
         except OptionsError as exc:
             sub.error(str(exc))
+    if hasattr(args, "device"):
+        _check_model_options(args, sub)
     if args.command == "ask" and not args.question.strip():
         sub.error("-q/--question must not be empty")
     images = getattr(args, "images", [])
@@ -288,6 +314,32 @@ def _prepare(args: argparse.Namespace) -> None:
         sub.error("stdin holds the conversation in a chat; give images as paths or URLs")
     if args.command == "compare" and len(args.images) < 2:
         sub.error("compare needs at least two images")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+
+
+def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
+    """Model options that cannot work are usage errors before the model loads: a device name
+    that is not one, too many crops, a dtype or attention the device cannot run. Whether a GPU
+    is there at all is not a usage error (exit 1, as when loading)."""
+    from ..processing.processor import MAX_NUM_CROPS
+
+    if not _DEVICE.fullmatch(args.device):
+        sub.error(f"argument --device: unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
+    if args.num_crops is not None and args.num_crops > MAX_NUM_CROPS:
+        sub.error(f"argument --num-crops: must be at most {MAX_NUM_CROPS}, got {args.num_crops}")
+    if args.dtype == "auto" and args.attn == "auto":
+        return  # nothing to check against the device: no need to import torch
+    from ..devices import choose_attn_implementation, choose_device, choose_dtype
+    from ..errors import DeviceError
+
+    device, _ = choose_device(args.device)
+    try:
+        dtype, _ = choose_dtype(args.dtype, device)
+        choose_attn_implementation(args.attn, device, dtype)
+    except DeviceError as exc:
+        sub.error(str(exc))
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -309,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     debug = False
+    notices = _show_library_notices()
     try:
         args = parser.parse_args(argv)
         debug = bool(args.debug)
@@ -332,3 +385,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Phi3VisionError, OSError) as exc:
         report(exc, debug)
         return EXIT_ERROR
+    finally:
+        logging.getLogger("phi3vision").removeHandler(notices)
+
+
+def _show_library_notices() -> logging.Handler:
+    """Show the library's log lines (such as a download's size and destination) on stderr in
+    the CLI's ``phi3vision: ...`` form while one ``main`` runs; ``main`` removes the handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phi3vision: %(message)s"))
+    logging.getLogger("phi3vision").addHandler(handler)
+    return handler
