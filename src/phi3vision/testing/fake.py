@@ -322,8 +322,8 @@ class FakeVisionModel(TaskMixin):
         text, sources, loaded = self._prepare(prompt, images)
         crops = self.processor.num_crops if num_crops is None else check_num_crops(num_crops)
         counts = self.processor.image_token_counts(loaded, crops)
-        prompt_tokens = len(self.processor.tokenizer.encode(text, counts))
-        image_tokens = sum(counts)
+        ids = self.processor.tokenizer.encode(text, counts)
+        prompt_tokens, image_tokens = len(ids), sum(1 for i in ids if i < 0)
         self.limits.check_tokens(prompt_tokens, image_tokens)
         needed = prompt_tokens + options.max_new_tokens
         if needed > self.context_length:
