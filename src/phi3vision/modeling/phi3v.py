@@ -46,8 +46,8 @@ class Phi3VForCausalLM(nn.Module):
         """``(B, L)`` ids -> ``(B, L, hidden)`` embeddings with the images' features in place.
 
         ``image_features[b][n]`` is the feature tensor of image n of row b; the positions
-        holding ``-n`` in that row are one run of that length per placeholder of image n. Every image whose id occurs
-        in ``input_ids`` must have features.
+        holding ``-n`` in that row are one run of that length per placeholder of image n.
+        Every image whose id occurs in ``input_ids`` must have features.
         """
         embed_tokens = self.language_model.get_input_embeddings()
         embeds = embed_tokens(input_ids.clamp(min=0))  # (B, L, hidden)
