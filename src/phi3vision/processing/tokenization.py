@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..errors import ContextLengthError, PromptError
+from ..errors import CheckpointError, ContextLengthError, PromptError
 
 PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
 """A well-formed placeholder: ``<|image_N|>`` with N a decimal number."""
@@ -95,6 +95,12 @@ def check_positions(numbers: Sequence[int], image_token_counts: Sequence[int], t
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    """The gist of a third-party error: the tokenizers library's messages can be long."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 def _check_encodable(text: str) -> None:
     """Refuse text that has no UTF-8 form (lone surrogates such as ``"\\ud800"``, e.g. from
     ``surrogateescape`` decoding or a broken JSON ``\\u`` escape): the tokenizer cannot take it."""
@@ -117,8 +123,26 @@ class PromptTokenizer:
         self.bos_token_id = bos_token_id
 
     @classmethod
-    def from_file(cls, path: str | Path) -> PromptTokenizer:
-        return cls(Tokenizer.from_file(str(path)))
+    def from_file(cls, path: str | Path, vocab_size: int | None = None) -> PromptTokenizer:
+        """The checkpoint's ``tokenizer.json``. A file the tokenizers library cannot read, or
+        whose ids do not fit the model's ``vocab_size`` embedding rows, is a CheckpointError
+        naming the file (the library itself raises a bare ``Exception``)."""
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a valid tokenizer file ({_first_line(exc)})") from exc
+        loaded = cls(tokenizer)
+        try:
+            size = loaded.vocab_size
+            loaded.encode_text("a")  # the pipeline runs (pre-tokenizer, model, post-processor)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: the tokenizer does not work ({_first_line(exc)})") from exc
+        if vocab_size is not None and size > vocab_size:
+            raise CheckpointError(
+                f"{path}: the tokenizer has {size} tokens but config.json's vocab_size is {vocab_size}; "
+                "they come from different checkpoints"
+            )
+        return loaded
 
     @property
     def vocab_size(self) -> int:
