@@ -33,6 +33,7 @@ _EXPORTS = {
     "TaskPrompts": "tasks",
     "ImagePolicy": "images",
     "RequestLimits": "limits",
+    "LoadOptions": "load_options",
     "load_image": "images",
     "Encoding": "processing.processor",
     "DEFAULT_MODEL_ID": "loading",
@@ -65,6 +66,7 @@ __all__ = [
     "ImageError",
     "ImagePolicy",
     "ImageTooLargeError",
+    "LoadOptions",
     "ModelClosedError",
     "ModelInfo",
     "ModelRef",
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
     )
     from .images import ImagePolicy, load_image
     from .limits import RequestLimits
+    from .load_options import LoadOptions
     from .loading import DEFAULT_MODEL_ID
     from .model import GenerationStream, ModelInfo, TokenCount, VisionModel
     from .options import GenerationOptions

@@ -21,6 +21,11 @@ there is one, what to change.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "CheckpointError",
     "ContextLengthError",
@@ -79,3 +84,11 @@ class ModelClosedError(Phi3VisionError):
 
 class OutputParseError(Phi3VisionError):
     """The model's answer could not be parsed and validated into the requested schema."""
+
+
+def validation_problems(exc: ValidationError, root: str) -> str:
+    """pydantic's errors as one line, ``field.path: message; ...`` (``root`` stands for the
+    object itself), for the messages of ``OptionsError`` and ``OutputParseError``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or root}: {error['msg']}" for error in exc.errors()
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import OptionsError
+from .errors import OptionsError, validation_problems
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -59,7 +59,4 @@ def resolve_options(
         base.update(overrides)
         return GenerationOptions.model_validate(base)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
-        )
-        raise OptionsError(f"invalid generation options: {problems}") from exc
+        raise OptionsError(f"invalid generation options: {validation_problems(exc, 'options')}") from exc

@@ -17,10 +17,16 @@ _MAX_LISTED_FAILURES = 10
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from ..jobs import BatchJob, check_output, collect_items
+    from ..jobs import BatchJob, Task, check_output, collect_items
+    from ..tasks import get_task
+
+    task = get_task(args.task).name
+    # jobs still spells extract_text "ocr" in its own list (until it reads the task registry).
+    job_tasks: dict[str, Task] = {"describe": "describe", "extract_text": "ocr", "ask": "ask"}
+    job_task = job_tasks[task]
 
     items = collect_items(args.inputs, recursive=args.recursive)
-    if args.task == "ask" and args.question is None:
+    if task == "ask" and args.question is None:
         missing = next((item for item in items if item.question is None), None)
         if missing is not None:
             args.parser.error(
@@ -32,7 +38,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     with load_model(args) as vm:
         job = BatchJob(
             vm,
-            args.task,
+            job_task,
             items,
             args.out,
             question=args.question,

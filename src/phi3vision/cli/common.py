@@ -23,20 +23,21 @@ _REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.IGNORECASE)
 def load_model(args: argparse.Namespace) -> VisionModel:
     """The model named by the common options. A note goes to stderr on a terminal only, so
     that scripts reading stderr see nothing but errors."""
+    from ..load_options import LoadOptions
     from ..loading import default_model
     from ..model import VisionModel
 
     name = args.model or default_model()
-    if sys.stderr.isatty():
-        print(f"phi3vision: loading {name} ...", file=sys.stderr, flush=True)
-    return VisionModel.from_pretrained(
-        name,
+    options = LoadOptions.of(
         device=args.device,
         dtype=args.dtype,
         attn_implementation=args.attn,
         num_crops=args.num_crops,
         revision=args.revision,
     )
+    if sys.stderr.isatty():
+        print(f"phi3vision: loading {name} ...", file=sys.stderr, flush=True)
+    return VisionModel.load(name, options)
 
 
 def is_remote(text: str) -> bool:
