@@ -38,7 +38,7 @@ def limited_model():
 
 @pytest.fixture
 def no_model_work(limited_model, monkeypatch):
-    monkeypatch.setattr(limited_model, "_embed", lambda *a, **k: pytest.fail("model work started"))
+    monkeypatch.setattr(limited_model.engine, "run", lambda *a, **k: pytest.fail("model work started"))
     return limited_model
 
 

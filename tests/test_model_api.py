@@ -131,7 +131,7 @@ def test_prompt_errors_come_before_model_work(cpu_model, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("model work started")
 
-    monkeypatch.setattr(cpu_model, "_embed", fail)
+    monkeypatch.setattr(cpu_model.engine, "run", fail)
     with pytest.raises(PromptError, match="placeholder for image 2"):
         cpu_model.generate("<|image_1|><|image_2|>", [SQUARE])
     with pytest.raises(PromptError):
@@ -141,7 +141,7 @@ def test_prompt_errors_come_before_model_work(cpu_model, monkeypatch):
 
 
 def test_context_length_is_checked_before_model_work(cpu_model, monkeypatch):
-    monkeypatch.setattr(cpu_model, "_embed", lambda *a: pytest.fail("model work started"))
+    monkeypatch.setattr(cpu_model.engine, "run", lambda *a: pytest.fail("model work started"))
     with pytest.raises(ContextLengthError, match="max_new_tokens"):
         cpu_model.generate(TEXT_PROMPT, max_new_tokens=131072)
 
@@ -405,3 +405,11 @@ def test_the_earliest_stop_string_wins_whatever_their_order(cpu_model, monkeypat
     for stops in (["world", "o w"], ["o w", "world"]):
         _script_tokens(monkeypatch, ids)
         assert cpu_model.generate(TEXT_PROMPT, max_new_tokens=len(ids), stop=stops).text == "Hell"
+
+
+def test_a_stream_shows_whole_words(cpu_model, monkeypatch):
+    ids = cpu_model.processor.tokenizer.encode_text("one two three")[1:]
+    _script_tokens(monkeypatch, [*ids, 32007])
+    stream = cpu_model.stream(TEXT_PROMPT, max_new_tokens=10)
+    assert list(stream) == ["one ", "two ", "three"]
+    assert stream.result.token_ids == [*ids, 32007]

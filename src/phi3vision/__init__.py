@@ -33,6 +33,7 @@ _EXPORTS = {
     "TaskPrompts": "tasks",
     "ImagePolicy": "images",
     "RequestLimits": "limits",
+    "LoadOptions": "load_options",
     "load_image": "images",
     "Encoding": "processing.processor",
     "DEFAULT_MODEL_ID": "loading",
@@ -70,6 +71,7 @@ __all__ = [
     "ImageError",
     "ImagePolicy",
     "ImageTooLargeError",
+    "LoadOptions",
     "MemoryPlan",
     "MemoryWarning",
     "ModelClosedError",
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
     )
     from .images import ImagePolicy, load_image
     from .limits import RequestLimits
+    from .load_options import LoadOptions
     from .loading import DEFAULT_MODEL_ID
     from .memory import MemoryPlan, MemoryWarning, plan_memory
     from .model import GenerationStream, ModelInfo, TokenCount, VisionModel

@@ -23,6 +23,11 @@ there is one, what to change.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "CheckpointError",
     "ContextLengthError",
@@ -94,3 +99,11 @@ class HubUnavailableError(CheckpointError):
 class MissingExtraError(Phi3VisionError, ImportError):
     """An optional capability is used but its extra is not installed; the message names the
     ``pip install 'phi3vision[NAME]'`` command. Also an ``ImportError``."""
+
+
+def validation_problems(exc: ValidationError, root: str) -> str:
+    """pydantic's errors as one line, ``field.path: message; ...`` (``root`` stands for the
+    object itself), for the messages of ``OptionsError`` and ``OutputParseError``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or root}: {error['msg']}" for error in exc.errors()
+    )

@@ -14,6 +14,7 @@ from .errors import ContextLengthError, OptionsError, PromptError
 
 if TYPE_CHECKING:
     from .images import ImagePolicy
+    from .prepared import PreparedPrompt
 
 
 class RequestLimits(BaseModel):
@@ -46,6 +47,17 @@ class RequestLimits(BaseModel):
                 f"the prompt takes {prompt_tokens} tokens but at most {self.max_prompt_tokens} are "
                 "allowed; shorten it, use a lower num_crops or fewer images, or raise "
                 "RequestLimits(max_prompt_tokens=...)"
+            )
+
+    def check_context(self, prompt: PreparedPrompt, max_new_tokens: int, context_length: int) -> None:
+        """The token limits, then the model's context: the prompt plus its new tokens."""
+        self.check_tokens(prompt.num_tokens, prompt.num_image_tokens)
+        needed = prompt.num_tokens + max_new_tokens
+        if needed > context_length:
+            raise ContextLengthError(
+                f"the prompt takes {prompt.num_tokens} tokens ({prompt.num_image_tokens} for images) "
+                f"and max_new_tokens is {max_new_tokens}: {needed} > the context of {context_length}. "
+                "Use fewer or smaller images, a lower num_crops, a shorter prompt or fewer new tokens."
             )
 
 

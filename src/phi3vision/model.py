@@ -1,46 +1,44 @@
-"""``VisionModel``: one loaded checkpoint, its lifecycle (loaded -> closed), its device, dtype
-and attention implementation, and the lock that makes it safe to share between threads.
+"""``VisionModel``: the one front end, over any engine (phi3vision.engine).
 
-The algorithms live elsewhere (processing/, modeling/, generation.py, tasks.py); this module
-wires them together and keeps the state.
+It validates and prepares prompts, applies the limits, keeps the lifecycle, decides when
+generation stops (phi3vision.stopping) and builds results with their timings; streams and
+batches are built from the same pieces. It holds no tensor algorithm and imports no torch:
+``TorchEngine`` runs the real weights, ``ScriptedEngine`` the testing kit's fake.
 """
 
 from __future__ import annotations
 
-import gc
-import threading
-import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import (
-    ContextLengthError,
-    ModelClosedError,
-    OutOfMemoryError,
-    Phi3VisionError,
-)
+from .calls import Call, CallMarks, GenerationStream, run_in_batches
+from .engine import CLOSED_MESSAGE, Engine, Method, Request
+from .errors import ModelClosedError, OptionsError
 from .limits import RequestLimits, check_model_options
-from .loading import default_model
 from .options import GenerationOptions, resolve_options
+from .prepared import PreparedPrompt
 from .prompt import Prompt, batch_item, resolve_prompt
-from .results import Generation, ModelRef, Timings, Usage
-from .tasks import TaskMixin
+from .results import Generation, ModelRef
+from .tasks import TaskCall, TaskMixin, get_task
 
 if TYPE_CHECKING:
-    import torch
-    from PIL import Image
-
-    from .caches import PrefixEntry
     from .images import ImagePolicy
-    from .loading import Checkpoint
-    from .modeling.phi3v import Phi3VForCausalLM
+    from .load_options import LoadOptions
     from .processing.processor import Encoding, Processor
 
 PromptInput = Prompt | str
+ModelT = TypeVar("ModelT", bound="VisionModel")
+
+
+class ModelState(str, Enum):
+    """A model is usable from loading until ``close()``."""
+
+    LOADED = "loaded"
+    CLOSED = "closed"
 
 
 class ModelInfo(BaseModel):
@@ -80,52 +78,24 @@ class VisionModel(TaskMixin):
 
     def __init__(
         self,
-        model: Phi3VForCausalLM,
+        engine: Engine,
         processor: Processor,
-        checkpoint: Checkpoint,
-        device: torch.device,
-        dtype: torch.dtype,
-        attn_implementation: str,
-        reasons: dict[str, str],
+        *,
         image_policy: ImagePolicy | None = None,
-        feature_cache_size: int = 16,
-        reuse_prefix: bool = True,
-        compile: bool = False,
         limits: RequestLimits | None = None,
-        quantization: str | None = None,
     ) -> None:
-        from .caches import FeatureCache
-        from .generation import StaticDecoder
-
-        image_policy, limits, cache_size = check_model_options(image_policy, limits, feature_cache_size)
-        self._model: Phi3VForCausalLM | None = model
+        image_policy, limits, _ = check_model_options(image_policy, limits)
+        self.engine = engine
         self.processor = processor
-        self._checkpoint = checkpoint
-        self.device = device
-        self.dtype = dtype
-        self.attn_implementation = attn_implementation
-        self._reasons = reasons
-        self.quantization = quantization
         self.image_policy = image_policy
         self.limits = limits or RequestLimits()
-        self._num_parameters = sum(p.numel() for p in model.parameters())
-        self._lock = threading.RLock()
-        self._closed = False
-        self._feature_cache = FeatureCache(cache_size)
-        self.reuse_prefix = reuse_prefix and not compile
-        self._static = StaticDecoder(model, compile=True) if compile else None
-        self._prefix: PrefixEntry | None = None
-        self.prefix_reused_tokens = 0
-        """Prompt positions taken from an earlier call's KV cache instead of prefilled (a counter)."""
-        self._original_context = int(
-            checkpoint.config.get("original_max_position_embeddings", self.context_length)
-        )
+        self._state = ModelState.LOADED
 
     # -- construction and lifecycle -------------------------------------------------------
 
     @classmethod
     def from_pretrained(
-        cls,
+        cls: type[ModelT],
         name_or_path: str | Path | None = None,
         *,
         device: str = "auto",
@@ -139,7 +109,7 @@ class VisionModel(TaskMixin):
         compile: bool = False,
         limits: RequestLimits | None = None,
         quantization: str | None = None,
-    ) -> VisionModel:
+    ) -> ModelT:
         """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
         pins a branch, tag or commit) or a local directory in the same layout. Without a
         name, the ``PHI3VISION_MODEL`` environment variable names it, else
@@ -162,43 +132,19 @@ class VisionModel(TaskMixin):
         ``quantization`` ("int8" on CPU or CUDA; "int4", "nf4" on CUDA) stores the language
         model's linear layers quantised, layer by layer while loading (docs/loading.md). On a
         CPU, a ``MemoryWarning`` is issued when the planned memory exceeds what is available.
-        """
-        from .devices import choose_attn_implementation, choose_device, choose_dtype
-        from .loading import build_empty_model, load_weights, open_checkpoint
-        from .memory import warn_if_over_memory
-        from .processing.processor import Processor, check_num_crops
-        from .processing.tokenization import PromptTokenizer
 
-        check_model_options(image_policy, limits, feature_cache_size)  # before any slow work
-        checkpoint = open_checkpoint(default_model() if name_or_path is None else name_or_path, revision)
-        torch_device, device_choice = choose_device(device)
-        torch_dtype, dtype_choice = choose_dtype(dtype, torch_device)
-        attn_choice = choose_attn_implementation(attn_implementation, torch_device, torch_dtype)
-        crops = check_num_crops(
-            num_crops if num_crops is not None else checkpoint.preprocessor.get("num_crops", 16)
-        )
-        warn_if_over_memory(checkpoint.config, torch_device.type, dtype_choice.value, quantization, crops)
-        model = build_empty_model(checkpoint.config, attn_choice.value)
-        with _device_errors():
-            load_weights(model, checkpoint, torch_device, torch_dtype, quantization)
-        processor = Processor(
-            PromptTokenizer.from_file(checkpoint.tokenizer_file, vocab_size=model.vocab_size),
-            num_crops=crops,
-            image_mean=checkpoint.preprocessor.get("image_mean", (0.48145466, 0.4578275, 0.40821073)),
-            image_std=checkpoint.preprocessor.get("image_std", (0.26862954, 0.26130258, 0.27577711)),
-        )
-        return cls(
-            model,
-            processor,
-            checkpoint,
-            torch_device,
-            torch_dtype,
-            attn_choice.value,
-            {
-                "device": device_choice.reason,
-                "dtype": dtype_choice.reason,
-                "attn_implementation": attn_choice.reason,
-            },
+        The keywords are the fields of ``phi3vision.LoadOptions``.
+        """
+        from .load_options import LoadOptions
+        from .loading import default_model
+
+        check_model_options(image_policy, limits, feature_cache_size)  # strict types, before any work
+        options = LoadOptions.of(
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            num_crops=num_crops,
+            revision=revision,
             image_policy=image_policy,
             feature_cache_size=feature_cache_size,
             reuse_prefix=reuse_prefix,
@@ -206,362 +152,167 @@ class VisionModel(TaskMixin):
             limits=limits,
             quantization=quantization,
         )
+        return cls.load(default_model() if name_or_path is None else name_or_path, options)
+
+    @classmethod
+    def load(cls: type[ModelT], name_or_path: str | Path, options: LoadOptions) -> ModelT:
+        """``from_pretrained`` with its options as one ``LoadOptions`` (what the CLI uses)."""
+        from .engine.torch_engine import open_checkpoint_engine
+
+        engine, processor = open_checkpoint_engine(name_or_path, options)
+        return cls(engine, processor, image_policy=options.image_policy, limits=options.limits)
 
     @property
-    def state(self) -> Literal["loaded", "closed"]:
-        return "closed" if self._closed else "loaded"
+    def state(self) -> ModelState:
+        return self._state
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(
-            model_id=self._checkpoint.model_id,
-            revision=self._checkpoint.revision,
-            directory=str(self._checkpoint.directory),
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            attn_implementation=self.attn_implementation,
-            quantization=self.quantization,
-            reasons=dict(self._reasons),
-            num_parameters=self._num_parameters,
-            num_crops=self.processor.num_crops,
-            context_length=self.context_length,
-            state=self.state,
-        )
+        engine = vars(self.engine.info)
+        fields = {name: engine[name] for name in ModelInfo.model_fields if name in engine}
+        fields["reasons"] = dict(fields["reasons"])
+        return ModelInfo(**fields, num_crops=self.processor.num_crops, state=self._state.value)
 
     @property
     def context_length(self) -> int:
-        return int(self._checkpoint.config.get("max_position_embeddings", 4096))
+        return self.engine.info.context_length
 
     @property
     def model_ref(self) -> ModelRef:
-        return ModelRef(
-            model_id=self._checkpoint.model_id,
-            revision=self._checkpoint.revision,
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            attn_implementation=self.attn_implementation,
-            quantization=self.quantization,
-        )
+        engine = vars(self.engine.info)
+        return ModelRef(**{name: engine[name] for name in ModelRef.model_fields if name in engine})
 
     @property
-    def module(self) -> Phi3VForCausalLM:
+    def module(self) -> Any:
         """The torch module (for advanced use); raises once the model is closed."""
-        if self._model is None:
-            raise ModelClosedError(
-                "this VisionModel was closed; load a new one with VisionModel.from_pretrained"
-            )
-        return self._model
+        return self.engine.module
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the weights are on."""
+        return self.engine.device
+
+    @property
+    def dtype(self) -> Any:
+        """The ``torch.dtype`` of the weights."""
+        return self.engine.dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.engine.info.attn_implementation
+
+    @property
+    def reuse_prefix(self) -> bool:
+        """Whether a single prompt's KV cache is kept for the next call (``from_pretrained``)."""
+        return self.engine.reuse_prefix
+
+    @property
+    def prefix_reused_tokens(self) -> int:
+        """Prompt positions taken from an earlier call's KV cache instead of prefilled (a counter)."""
+        return self.engine.prefix_reused_tokens
+
+    def clear_caches(self) -> None:
+        """Forget cached image features and the last prompt's KV cache (frees their memory).
+        With ``compile=True`` the static KV cache stays allocated for the next call; ``close()``
+        frees it."""
+        self.engine.clear_caches()
 
     def close(self) -> None:
         """Release the weights (and GPU memory). Further use raises ``ModelClosedError``."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._model = None
-            self._static = None  # it holds the model and its compiled step
-            self._prefix = None
-            self._feature_cache.clear()
-            gc.collect()
-            if self.device.type == "cuda":
-                import torch
+        self._state = ModelState.CLOSED
+        self.engine.close()
 
-                torch.cuda.empty_cache()
-
-    def __enter__(self) -> VisionModel:
-        self.module  # noqa: B018 - raises if closed
+    def __enter__(self: ModelT) -> ModelT:
+        self._check_open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
+        info = self.engine.info
         return (
-            f"VisionModel({self._checkpoint.model_id!r}, device={str(self.device)!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r}, attn={self.attn_implementation!r}, "
-            f"state={self.state!r})"
+            f"{type(self).__name__}({info.model_id!r}, device={info.device!r}, dtype={info.dtype!r}, "
+            f"attn={info.attn_implementation!r}, state={self._state.value!r})"
         )
+
+    def _check_open(self) -> None:
+        if self._state is ModelState.CLOSED:
+            raise ModelClosedError(CLOSED_MESSAGE)
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def _load_images(self, sources: Sequence[Any]) -> list[Image.Image]:
-        from .images import load_images
+    def _prepare(
+        self, prompt: PromptInput, images: Sequence[Any] | None, num_crops: int | None
+    ) -> PreparedPrompt:
+        """Render the prompt, read its images (policy and limits) and tokenize it."""
+        from .images import describe_source, load_images
 
-        return load_images(sources, self.image_policy)
-
-    def _prepare(self, prompt: PromptInput, images: Sequence[Any] | None) -> tuple[str, list[Image.Image]]:
+        self._check_open()
         text, sources = resolve_prompt(prompt, images)
         self.limits.check_images(len(sources))
-        return text, self._load_images(sources)
+        loaded = load_images(sources, self.image_policy)
+        return self.processor.prepare(text, loaded, num_crops, [describe_source(s) for s in sources])
 
     def encode(
         self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
     ) -> Encoding:
-        """Model inputs for a prompt, exactly as the reference processor makes them."""
-        self.module  # noqa: B018 - raises if closed
-        text, loaded = self._prepare(prompt, images)
-        return self.processor.encode(text, loaded, num_crops)
+        """Model inputs for a prompt, exactly as the reference processor makes them (tensors:
+        this imports torch)."""
+        return self.processor.encoding(self._prepare(prompt, images, num_crops))
 
     def count_tokens(
         self, prompt: PromptInput, images: Sequence[Any] | None = None, *, num_crops: int | None = None
     ) -> TokenCount:
         """Text and image tokens of a prompt, without any model work."""
-        self.module  # noqa: B018 - raises if closed
-        text, loaded = self._prepare(prompt, images)
-        ids = self.processor.token_ids(text, loaded, num_crops)
-        image_tokens = sum(1 for i in ids if i < 0)
+        prepared = self._prepare(prompt, images, num_crops)
         return TokenCount(
-            total=len(ids),
-            text_tokens=len(ids) - image_tokens,
-            image_tokens=image_tokens,
+            total=prepared.num_tokens,
+            text_tokens=prepared.num_tokens - prepared.num_image_tokens,
+            image_tokens=prepared.num_image_tokens,
             context_length=self.context_length,
         )
 
-    def _check_length(self, encoding: Encoding, options: GenerationOptions) -> None:
-        self.limits.check_tokens(encoding.num_tokens, encoding.num_image_tokens)
-        needed = encoding.num_tokens + options.max_new_tokens
-        if needed > self.context_length:
-            raise ContextLengthError(
-                f"the prompt takes {encoding.num_tokens} tokens ({encoding.num_image_tokens} for images) and "
-                f"max_new_tokens is {options.max_new_tokens}: {needed} > the context of "
-                f"{self.context_length}. "
-                "Use fewer or smaller images, a lower num_crops, a shorter prompt or fewer new tokens."
-            )
+    def logits(self, encoding: Encoding) -> Any:
+        """Float32 logits ``(1, L, vocab)`` (a torch tensor) of one forward pass over the prompt."""
+        self._check_open()
+        return self.engine.logits(encoding)
 
-    # -- model work -----------------------------------------------------------------------
-
-    def _image_keys(self, encoding: Encoding) -> list[str]:
-        """Content keys of the encoding's images (computed once per encoding)."""
-        if encoding.image_keys is None:
-            from .caches import image_key
-            from .images import image_fingerprint
-
-            encoding.image_keys = [
-                image_key(image_fingerprint(i), encoding.num_crops) for i in encoding.images
-            ]
-        return encoding.image_keys
-
-    def _image_features(self, encoding: Encoding, numbers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Projected features of images ``numbers`` (1-based): from the feature cache where
-        possible, the rest through the vision tower in one batch."""
-
-        use_cache = self._feature_cache.capacity > 0
-        keys = self._image_keys(encoding) if use_cache else []
-        features: dict[int, torch.Tensor] = {}
-        missing = []
-        for number in numbers:
-            cached = self._feature_cache.get(keys[number - 1]) if use_cache else None
-            if cached is None:
-                missing.append(number)
-            else:
-                features[number] = cached
-        if missing:
-            computed = self.module.image_features(
-                [encoding.image_views(number - 1).to(self.device) for number in missing],
-                encoding.image_sizes[[number - 1 for number in missing]],
-            )
-            for number, feats in zip(missing, computed, strict=True):
-                features[number] = feats
-                if use_cache:
-                    self._feature_cache.put(keys[number - 1], feats)
-        return features
-
-    def _make_pixels(self, encoding: Encoding) -> None:
-        """Compute the pixel values of the images whose features are not cached, before the
-        call takes the model's lock, so that threads preprocess while others use the model."""
-        keys = self._image_keys(encoding) if self._feature_cache.capacity > 0 else []
-        for index in range(len(encoding.images)):
-            if not keys or keys[index] not in self._feature_cache:
-                encoding.image_views(index)
-
-    def _embed(self, encoding: Encoding, start: int = 0) -> torch.Tensor:
-        """Embeddings ``(1, L - start, hidden)`` of the encoding's positions from ``start``."""
-        ids = encoding.input_ids[:, start:].to(self.device)
-        numbers = sorted({-int(i) for i in ids[0].unique() if i < 0})
-        return self.module.embed(ids, [self._image_features(encoding, numbers)])
-
-    def clear_caches(self) -> None:
-        """Forget cached image features and the last prompt's KV cache (frees their memory).
-        With ``compile=True`` the static KV cache stays allocated for the next call; ``close()``
-        frees it."""
-        with self._lock:
-            self._feature_cache.clear()
-            self._prefix = None
-
-    def _left_padded(
-        self, encodings: Sequence[Encoding], past: int, length: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embeddings ``(B, length - past, hidden)`` of the positions after ``past``, the
-        attention mask ``(B, length)`` and the ids ``(B, length)`` (``-1`` on the padding), each
-        row padded on the left to ``length``."""
-        import torch
-
-        embeds = [self._embed(e, past)[0] for e in encodings]  # each (L_i - past, hidden)
-        batch = torch.zeros(
-            len(embeds), length - past, embeds[0].shape[-1], dtype=embeds[0].dtype, device=self.device
-        )
-        mask = torch.zeros(len(embeds), length, dtype=torch.long, device=self.device)
-        ids = torch.full((len(embeds), length), -1, dtype=torch.long, device=self.device)
-        for row, (embed, encoding) in enumerate(zip(embeds, encodings, strict=True)):
-            batch[row, batch.shape[1] - embed.shape[0] :] = embed
-            mask[row, length - encoding.num_tokens :] = 1
-            ids[row, length - encoding.num_tokens :] = encoding.input_ids[0].to(self.device)
-        return batch, mask, ids
-
-    def _take_prefix(self, encoding: Encoding) -> tuple[Any, int]:
-        """A KV cache for this call and how many of its leading positions are already filled.
-
-        The last call's cache is reused up to the longest exactly-equal prefix (tokens and
-        images). Only prompts within the short-rotary range qualify: past it the reference
-        recomputes every position with the long factors.
-        """
-        from .caches import reusable_length
-        from .generation import new_cache
-
-        entry, self._prefix = self._prefix, None  # this call owns it now
-        fits_short = encoding.num_tokens <= self._original_context
-        if entry is None or not fits_short:
-            return new_cache(self.module), 0
-        keys = self._image_keys(encoding) if encoding.images else []
-        reuse = reusable_length(entry, encoding.input_ids[0].tolist(), keys)
-        if reuse == 0:
-            return new_cache(self.module), 0
-        entry.cache.crop(reuse - entry.cache.get_seq_length())
-        self.prefix_reused_tokens += reuse
-        return entry.cache, reuse
-
-    def _keep_prefix(self, encoding: Encoding, cache: Any, generated: list[int]) -> None:
-        """Keep this call's KV cache for the next call (single prompts in the short range)."""
-        from .caches import PrefixEntry
-
-        if self._closed or not self.reuse_prefix or encoding.num_tokens > self._original_context:
-            return
-        token_ids = encoding.input_ids[0].tolist() + generated
-        if cache.get_seq_length() != len(token_ids):
-            return  # not what we think it holds: never reuse a cache we cannot describe exactly
-        keys = self._image_keys(encoding) if encoding.images else []
-        self._prefix = PrefixEntry(token_ids=token_ids, image_keys=keys, cache=cache)
-
-    def logits(self, encoding: Encoding) -> torch.Tensor:
-        """Float32 logits ``(1, L, vocab)`` of one forward pass over the whole prompt."""
-        import torch
-
-        with self._lock, _device_errors(), torch.inference_mode():
-            embeds = self._embed(encoding)
-            output = self.module(embeds, attention_mask=encoding.attention_mask.to(self.device))
-            return output.logits.float()
-
-    def _generate_rows(
+    def _request(
         self,
-        encodings: Sequence[Encoding],
-        options: GenerationOptions,
-        started: float,
-        preprocess_s: Sequence[float],
-    ) -> list[Generation]:
-        """Generate for several encodings at once (left padding), to the end."""
-        steps = self._step_rows(encodings, options, started, preprocess_s)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                results: list[Generation] = done.value
-                return results
-
-    def _step_rows(
-        self,
-        encodings: Sequence[Encoding],
-        options: GenerationOptions,
-        started: float,
-        preprocess_s: Sequence[float],
-        on_text: Callable[[int, str], None] | None = None,
-        sync_every: int = 8,
-    ) -> Generator[None, None, list[Generation]]:
-        """The heart of every call: yields after each look at the tokens (every ``sync_every``
-        decoding steps), returns the results.
-
-        The caller holds the lock and inference mode around each ``next()``; nothing here
-        keeps model state between steps except this call's own KV cache.
-        """
-
-        from .constraints.masking import row_matchers
-        from .generation import TokenChooser, collect_rows, decode_steps, new_cache
-        from .stopping import stop_conditions
-
-        model = self.module
-        stop = stop_conditions(options, self.processor.tokenizer)
-        matchers = row_matchers(options, self.processor.tokenizer, model.vocab_size, len(encodings), stop)
-        if matchers is not None:
-            sync_every = 1  # the matchers read every token on the host anyway
-        static = self._static  # closing the model clears the attribute, not this call's copy
-        length = max(e.num_tokens for e in encodings)
-        if static is not None:
-            cache, past = static.cache(len(encodings), length + options.max_new_tokens), 0
-        elif len(encodings) == 1:
-            cache, past = self._take_prefix(encodings[0])
-        else:
-            cache, past = new_cache(model), 0
-        try:
-            batch, mask, ids = self._left_padded(encodings, past, length)
-            chooser = TokenChooser(options, self.device, matchers)
-            steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, static)
-            outcome = yield from collect_rows(
-                steps,
-                len(encodings),
-                stop,
-                self.processor.tokenizer,
-                options.max_new_tokens,
-                sync_every,
-                on_text,
-            )
-        finally:
-            if static is not None:
-                static.release(cache)
-        if len(encodings) == 1 and static is None:
-            self._keep_prefix(encodings[0], cache, outcome.fed_tokens[0])
-        ended = time.perf_counter()
-        first_token_at = outcome.first_token_at or ended
-        results = []
-        for row, encoding in enumerate(encodings):
-            completion = len(outcome.texts[row].token_ids)
-            decode_s = max(0.0, ended - first_token_at)
-            results.append(
-                Generation(
-                    text=outcome.texts[row].text,
-                    token_ids=list(outcome.texts[row].token_ids),
-                    finish_reason="stop" if outcome.stopped[row] else "length",
-                    usage=Usage(
-                        prompt_tokens=encoding.num_tokens,
-                        image_tokens=encoding.num_image_tokens,
-                        completion_tokens=completion,
-                    ),
-                    timings=Timings(
-                        preprocess_s=preprocess_s[row],
-                        time_to_first_token_s=first_token_at - started,
-                        decode_s=decode_s,
-                        total_s=ended - started,
-                        tokens_per_second=(completion - 1) / decode_s
-                        if completion > 1 and decode_s > 0
-                        else 0.0,
-                    ),
-                    model=self.model_ref,
-                )
-            )
-        return results
-
-    def _start(
-        self,
+        method: Method,
         prompt: PromptInput,
         images: Sequence[Any] | None,
         num_crops: int | None,
-        options: GenerationOptions | Mapping[str, Any] | None,
-        overrides: Mapping[str, Any],
-    ) -> tuple[Encoding, GenerationOptions, float, float]:
-        started = time.perf_counter()
-        resolved = resolve_options(options, overrides)
-        encoding = self.encode(prompt, images, num_crops=num_crops)
-        self._check_length(encoding, resolved)
-        self._make_pixels(encoding)
-        return encoding, resolved, started, time.perf_counter() - started
+        options: GenerationOptions,
+        task: TaskCall | None = None,
+        batch_index: int | None = None,
+    ) -> Request:
+        prepared = self._prepare(prompt, images, num_crops)
+        self.limits.check_context(prepared, options.max_new_tokens, self.context_length)
+        if task is None:
+            return Request(prepared, method, batch_index=batch_index)
+        return Request(prepared, method, task.name, task.schema, batch_index)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        requests: Sequence[Request],
+        options: GenerationOptions,
+        started: float,
+        prepare_s: Sequence[float],
+    ) -> list[Generation]:
+        marks = self._call_marks(started, prepare_s)
+        return Call(self.engine, self.processor.tokenizer, requests, options, 8, marks).run_to_end()
+
+    def _call_marks(self, started: float, prepare_s: Sequence[float]) -> CallMarks:
+        return CallMarks(started, list(prepare_s), self.model_ref, lambda: self._state is ModelState.CLOSED)
+
+    def _run_one(self, request: Callable[[], Request], options: GenerationOptions) -> Generation:
+        started = self.engine.clock()
+        prepared = request()
+        return self._run([prepared], options, started, [self.engine.clock() - started])[0]
 
     def generate(
         self,
@@ -569,19 +320,19 @@ class VisionModel(TaskMixin):
         images: Sequence[Any] | None = None,
         *,
         num_crops: int | None = None,
+        task: TaskCall | str | None = None,
         options: GenerationOptions | Mapping[str, Any] | None = None,
         **option_fields: Any,
     ) -> Generation:
         """Generate an answer. ``prompt`` is a ``Prompt`` (with its images) or a raw string
         with ``<|image_N|>`` placeholders and ``images``. Options are ``GenerationOptions``
-        fields, as keywords (``max_new_tokens=64``) or ``options=``."""
-        import torch
-
-        encoding, resolved, started, preprocess_s = self._start(
-            prompt, images, num_crops, options, option_fields
+        fields, as keywords (``max_new_tokens=64``) or ``options=``. ``task`` names the task
+        the call is for (the task helpers pass theirs; see phi3vision.tasks)."""
+        resolved = resolve_options(options, option_fields)
+        call = TaskCall(get_task(task).name) if isinstance(task, str) else task
+        return self._run_one(
+            lambda: self._request("generate", prompt, images, num_crops, resolved, call), resolved
         )
-        with self._lock, _device_errors(), torch.inference_mode():
-            return self._generate_rows([encoding], resolved, started, [preprocess_s])[0]
 
     def stream(
         self,
@@ -592,12 +343,15 @@ class VisionModel(TaskMixin):
         options: GenerationOptions | Mapping[str, Any] | None = None,
         **option_fields: Any,
     ) -> GenerationStream:
-        """Like ``generate``, but iterate over the returned stream to get text as it is made;
-        ``stream.result`` holds the final ``Generation`` (usage, timings) once it has ended."""
-        encoding, resolved, started, preprocess_s = self._start(
-            prompt, images, num_crops, options, option_fields
-        )
-        return GenerationStream(self, encoding, resolved, started, preprocess_s)
+        """Like ``generate``, but iterate over the returned stream to get the text as it is
+        made, word by word; ``stream.result`` holds the final ``Generation`` (usage, timings)
+        once it has ended. Inputs are checked at once."""
+        started = self.engine.clock()
+        resolved = resolve_options(options, option_fields)
+        request = self._request("stream", prompt, images, num_crops, resolved)
+        marks = self._call_marks(started, [self.engine.clock() - started])
+        call = Call(self.engine, self.processor.tokenizer, [request], resolved, 1, marks)
+        return GenerationStream(call.deltas(), lambda: call.results()[0])
 
     def generate_batch(
         self,
@@ -613,162 +367,31 @@ class VisionModel(TaskMixin):
         Each item is a ``Prompt`` or a ``(raw_text, images)`` pair. An item that fails (a bad
         image, a bad prompt, too long) gets a result with ``finish_reason="error"`` and its
         ``error``; the others complete. Greedy output equals running the prompts one by one:
-        rows are only batched with rows in the same rotary regime (see ``_rope_regime``).
-        Items are read and preprocessed ``batch_size`` at a time, so memory does not grow with
-        the number of prompts. In each result, ``preprocess_s`` is the item's own; its time to
-        first token and total time count from the start of its batch's model work.
+        the engine only batches rows that give one-by-one results together (the real model:
+        rows in the same rotary regime). Items are read and preprocessed ``batch_size`` at a
+        time, so memory does not grow with the number of prompts. In each result,
+        ``preprocess_s`` is the item's own; its time to first token and total time count from
+        the start of its batch's model work.
         """
-        import torch
-
-        from .errors import OptionsError
         from .processing.processor import check_num_crops
 
-        self.module  # noqa: B018 - raises if closed
+        self._check_open()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
         if num_crops is not None:
             check_num_crops(num_crops)
         resolved = resolve_options(options, option_fields)
-        results: list[Generation | None] = [None] * len(prompts)
-        for window in range(0, len(prompts), batch_size):
-            ready: dict[int, tuple[Encoding, float]] = {}
-            for index in range(window, min(window + batch_size, len(prompts))):
-                started = time.perf_counter()
-                try:
-                    prompt, images = batch_item(prompts[index])
-                    encoding = self.encode(prompt, images, num_crops=num_crops)
-                    self._check_length(encoding, resolved)
-                    self._make_pixels(encoding)
-                    ready[index] = (encoding, time.perf_counter() - started)
-                except Phi3VisionError as exc:
-                    results[index] = self._failed(exc)
-            for group in self._rope_groups(ready, resolved.max_new_tokens):
-                try:
-                    with self._lock, _device_errors(), torch.inference_mode():
-                        generated = self._generate_rows(
-                            [ready[index][0] for index in group],
-                            resolved,
-                            time.perf_counter(),
-                            [ready[index][1] for index in group],
-                        )
-                except OutOfMemoryError as exc:
-                    generated = [self._failed(exc) for _ in group]
-                for index, generation in zip(group, generated, strict=True):
-                    results[index] = generation
-        finished = [result for result in results if result is not None]
-        if len(finished) != len(prompts):  # every item either failed or was generated
-            raise Phi3VisionError("internal error: a batch item has no result")
-        return finished
-
-    def _rope_regime(self, encoding: Encoding, max_new_tokens: int) -> str:
-        """Which rotary factors a row's positions get. The checkpoints' LongRoPE uses its short
-        factors while a forward pass's longest row fits the original 4096 positions and its long
-        factors past them, for every row of the batch at once. Rows that stay short, rows that
-        start long, and rows that cross the boundary while decoding must not share a batch."""
-        if encoding.num_tokens + max_new_tokens <= self._original_context:
-            return "short"
-        if encoding.num_tokens > self._original_context:
-            return "long"
-        return "crossing"
-
-    def _rope_groups(
-        self, ready: Mapping[int, tuple[Encoding, float]], max_new_tokens: int
-    ) -> list[list[int]]:
-        """The items of one window split into batches that give one-by-one results."""
-        groups: dict[str, list[int]] = {}
-        singles: list[list[int]] = []
-        for index, (encoding, _) in ready.items():
-            regime = self._rope_regime(encoding, max_new_tokens)
-            if regime == "crossing":
-                singles.append([index])  # its switch to long factors is its own
-            else:
-                groups.setdefault(regime, []).append(index)
-        return [*groups.values(), *singles]
-
-    def _failed(self, exc: Exception) -> Generation:
-        return Generation.failed(exc, self.model_ref)
-
-
-class GenerationStream:
-    """Iterate for text deltas; ``result`` is the final ``Generation`` once iteration ended."""
-
-    def __init__(
-        self,
-        owner: VisionModel,
-        encoding: Encoding,
-        options: GenerationOptions,
-        started: float,
-        preprocess_s: float,
-    ) -> None:
-        self._owner = owner
-        self._encoding = encoding
-        self._options = options
-        self._started = started
-        self._preprocess_s = preprocess_s
-        self._result: Generation | None = None
-        self._iterator: Iterator[str] | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        if self._iterator is None:
-            self._iterator = self._run()
-        return self._iterator
-
-    def _run(self) -> Iterator[str]:
-        import torch
-
-        owner = self._owner
-        pending: list[str] = []
-        steps = owner._step_rows(
-            [self._encoding],
-            self._options,
-            self._started,
-            [self._preprocess_s],
-            on_text=lambda _row, delta: pending.append(delta),
-            sync_every=1,
+        return run_in_batches(
+            len(prompts),
+            batch_size,
+            lambda index: self._request(
+                "generate_batch", *batch_item(prompts[index]), num_crops, resolved, None, index
+            ),
+            lambda requests, started, prepare_s: self._run(requests, resolved, started, prepare_s),
+            self.engine,
+            resolved.max_new_tokens,
+            self.model_ref,
         )
-        while True:
-            # The lock is taken per step, so a stream left half-read never blocks other callers.
-            try:
-                with owner._lock, _device_errors(), torch.inference_mode():
-                    if owner._closed:
-                        steps.close()
-                        raise ModelClosedError("the model was closed while this stream was being read")
-                    next(steps)
-            except StopIteration as done:
-                self._result = done.value[0]
-                break
-            yield from pending
-            pending.clear()
-        yield from pending
-
-    def close(self) -> None:
-        """Stop generating (if iteration was left unfinished) and free the KV cache."""
-        if self._iterator is not None and hasattr(self._iterator, "close"):
-            self._iterator.close()
-
-    @property
-    def result(self) -> Generation:
-        if self._result is None:
-            raise RuntimeError("the stream has not finished: iterate over it to the end first")
-        return self._result
-
-    @property
-    def text(self) -> str:
-        return self.result.text
 
 
-@contextmanager
-def _device_errors() -> Iterator[None]:
-    """Turn an accelerator's out-of-memory error into ours, leaving the model usable."""
-    import torch
-
-    try:
-        yield
-    except torch.OutOfMemoryError as exc:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise OutOfMemoryError(
-            "the device ran out of memory. Try a lower num_crops, fewer images, a smaller "
-            "max_new_tokens or batch_size, or a smaller dtype."
-        ) from exc
+__all__ = ["GenerationStream", "ModelInfo", "ModelState", "PromptInput", "TokenCount", "VisionModel"]

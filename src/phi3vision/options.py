@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import OptionsError
+from .errors import OptionsError, validation_problems
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -121,10 +121,7 @@ class GenerationOptions(BaseModel):
 
 def options_error(exc: ValidationError, what: str) -> OptionsError:
     """One ``OptionsError`` listing every problem pydantic found, field by field."""
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or what}: {err['msg']}" for err in exc.errors()
-    )
-    return OptionsError(f"invalid {what}: {problems}")
+    return OptionsError(f"invalid {what}: {validation_problems(exc, what)}")
 
 
 def resolve_options(

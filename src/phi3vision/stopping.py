@@ -87,3 +87,38 @@ class CompletionText:
     @property
     def text(self) -> str:
         return self._text
+
+
+class RowTexts:
+    """The stop bookkeeping of one call: host-side token chunks in, each row's text and
+    whether it stopped (a stop token, or a stop string) out. Tokens after a row's stop are
+    ignored; a stop token is kept in the row's ids, a stop string is cut from its text."""
+
+    def __init__(self, rows: int, stop: StopConditions, tokenizer: PromptTokenizer) -> None:
+        self.stop = stop
+        self.texts = [CompletionText(tokenizer, stop.strings) for _ in range(rows)]
+        self.stopped = [False] * rows
+
+    def add(self, chunk: Sequence[Sequence[int]]) -> list[str]:
+        """Take one chunk (``chunk[row]`` = that row's next ids); returns each row's new text."""
+        deltas = [""] * len(self.texts)
+        for row, row_tokens in enumerate(chunk):
+            text = self.texts[row]
+            for token in row_tokens:
+                if self.stopped[row]:
+                    break
+                if token in self.stop.token_ids:
+                    text.token_ids.append(token)
+                    self.stopped[row] = True
+                    break
+                deltas[row] += text.add(token)
+                self.stopped[row] = text.stopped_by_string
+        return deltas
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(self.stopped)
+
+    def finish(self) -> list[str]:
+        """Each row's rest of the text, once generation has ended."""
+        return [text.finish() for text in self.texts]

@@ -1,7 +1,7 @@
-"""Task helpers: a documented prompt for each task, and parsing of the answer into a result.
-
-Both ``VisionModel`` and ``phi3vision.testing.FakeVisionModel`` get these methods from
-``TaskMixin``; each one builds a ``Prompt`` and calls ``self.generate``.
+"""Tasks: the registry (``TASKS``: each task's name, instruction, result type and parser, read
+by the helpers, the CLI, batch jobs and the fake's routes) and the task helpers (``TaskMixin``,
+part of ``VisionModel``; each one builds its task's ``Prompt`` and generates with the task
+recorded on the request).
 
 The prompts (``TaskPrompts``; override per model with ``model.task_prompts = TaskPrompts(...)``
 or per call with ``instruction=``):
@@ -19,13 +19,14 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import constraints
-from .errors import OptionsError, OutputParseError, PromptError
+from .errors import OptionsError, OutputParseError, PromptError, validation_problems
 from .prompt import Prompt, strip_chat_markers
 from .results import Answer, Comparison, Description, Generation, TextExtraction
 
@@ -95,9 +96,7 @@ def parse_json_object(text: str, schema: type[SchemaT]) -> SchemaT:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc, "object")
         raise OutputParseError(f"the answer does not match {schema.__name__}: {problems}") from exc
 
 
@@ -111,8 +110,87 @@ def text_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task, defined once: its ``name`` (the same in Python, the CLI and JSON lines), the
+    old spellings it also answers to, its instruction (a field of ``TaskPrompts``), its result
+    type and how a generation becomes that result."""
+
+    name: str
+    result_type: type[Generation]
+    parse: Callable[[Generation, Sequence[Any], str], Generation]
+    """``(generation, images, question_or_instruction) -> result``."""
+    instruction_field: str | None
+    """The ``TaskPrompts`` field holding the instruction (None: the caller's question)."""
+    aliases: tuple[str, ...] = ()
+    batch: bool = False
+    """Whether batch jobs (``phi3vision batch``) run it: one answer per image."""
+
+    def instruction(self, prompts: TaskPrompts) -> str | None:
+        """The default instruction in ``prompts`` (None for ``ask``: the question is the text)."""
+        return None if self.instruction_field is None else str(getattr(prompts, self.instruction_field))
+
+    def prompt(
+        self,
+        prompts: TaskPrompts,
+        images: Any,
+        *,
+        instruction: str | None = None,
+        system: str | None = None,
+    ) -> Prompt:
+        """The prompt the task helper sends (``instruction`` replaces the default one; for
+        ``ask`` it is the question)."""
+        text = instruction if self.instruction_field is None else instruction or self.instruction(prompts)
+        if text is None:
+            raise OptionsError(f"the {self.name} task needs a question")
+        return Prompt(system=system).user(text, images=images)
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """Which task a generation is for (``generate(..., task=...)``): recorded on the engine's
+    request, so that engines, logs and the fake's routes know it. ``schema``: an extract's."""
+
+    name: str
+    schema: type[BaseModel] | None = None
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "describe", Description, lambda g, _i, _t: Description(**g.model_dump()), "describe", batch=True
+        ),
+        TaskSpec(
+            "extract_text",
+            TextExtraction,
+            lambda g, _i, _t: TextExtraction(**g.model_dump(), lines=text_lines(g.text)),
+            "extract_text",
+            aliases=("ocr",),
+            batch=True,
+        ),
+        TaskSpec(
+            "compare", Comparison, lambda g, i, _t: Comparison(**g.model_dump(), num_images=len(i)), "compare"
+        ),
+        TaskSpec("ask", Answer, lambda g, _i, t: Answer(**g.model_dump(), question=t), None, batch=True),
+        TaskSpec("extract", Extraction, lambda g, _i, _t: g, "extract", batch=True),
+    )
+}
+"""Every task by name. A new task is one entry here and one helper on ``TaskMixin``."""
+
+TASK_ALIASES: dict[str, str] = {alias: spec.name for spec in TASKS.values() for alias in spec.aliases}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name`` (or one of its old spellings, like "ocr")."""
+    spec = TASKS.get(TASK_ALIASES.get(name, name))
+    if spec is None:
+        raise OptionsError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    return spec
+
+
 class TaskMixin:
-    """Task helpers over ``generate``. Options are ``GenerationOptions`` fields."""
+    """Task helpers over the front end's generation. Options are ``GenerationOptions`` fields."""
 
     task_prompts: TaskPrompts = TaskPrompts()
 
@@ -122,10 +200,28 @@ class TaskMixin:
         images: Sequence[Any] | None = None,
         *,
         num_crops: int | None = None,
+        task: TaskCall | str | None = None,
         options: Any = None,
         **option_fields: Any,
     ) -> Generation:
         raise NotImplementedError
+
+    def _run_task(
+        self,
+        name: str,
+        images: Any,
+        text: str | None,
+        num_crops: int | None,
+        options: Any,
+        option_fields: dict[str, Any],
+        system: str | None = None,
+    ) -> Any:
+        spec = TASKS[name]
+        prompt = spec.prompt(self.task_prompts, images, instruction=text, system=system)
+        result = self.generate(
+            prompt, num_crops=num_crops, task=TaskCall(name), options=options, **option_fields
+        )
+        return spec.parse(result, images, text or "")
 
     def describe(
         self,
@@ -137,9 +233,10 @@ class TaskMixin:
         **option_fields: Any,
     ) -> Description:
         """Describe one image."""
-        prompt = Prompt().user(instruction or self.task_prompts.describe, images=[image])
-        result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
-        return Description(**result.model_dump())
+        result: Description = self._run_task(
+            "describe", [image], instruction, num_crops, options, option_fields
+        )
+        return result
 
     def extract_text(
         self,
@@ -151,9 +248,10 @@ class TaskMixin:
         **option_fields: Any,
     ) -> TextExtraction:
         """Read the text in an image (OCR): the whole text and its non-empty lines."""
-        prompt = Prompt().user(instruction or self.task_prompts.extract_text, images=[image])
-        result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
-        return TextExtraction(**result.model_dump(), lines=text_lines(result.text))
+        result: TextExtraction = self._run_task(
+            "extract_text", [image], instruction, num_crops, options, option_fields
+        )
+        return result
 
     def compare(
         self,
@@ -167,9 +265,8 @@ class TaskMixin:
     ) -> Comparison:
         """Compare two or more images. The model card suggests num_crops=4 for several images."""
         images = [image_a, image_b, *more]
-        prompt = Prompt().user(instruction or self.task_prompts.compare, images=images)
-        result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
-        return Comparison(**result.model_dump(), num_images=len(images))
+        result: Comparison = self._run_task("compare", images, instruction, num_crops, options, option_fields)
+        return result
 
     def ask(
         self,
@@ -184,9 +281,8 @@ class TaskMixin:
         """Ask a question about zero or more images (one image may be given without a list)."""
         if not isinstance(question, str) or not question.strip():
             raise PromptError("ask() needs a non-empty question")
-        prompt = Prompt(system=system).user(question, images=images)
-        result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
-        return Answer(**result.model_dump(), question=question)
+        result: Answer = self._run_task("ask", images, question, num_crops, options, option_fields, system)
+        return result
 
     def extract_result(
         self,
@@ -219,8 +315,9 @@ class TaskMixin:
             raise OptionsError(f"max_retries must be an int >= 0, got {max_retries!r}")
         text = extract_instruction(instruction or self.task_prompts.extract, schema)
         prompt = Prompt().user(text, images=[image])
+        task = TaskCall("extract", schema if isinstance(schema, type) else None)
         if constraints.backend_available():
-            return self._extract_constrained(prompt, schema, num_crops, options, option_fields)
+            return self._extract_constrained(prompt, schema, task, num_crops, options, option_fields)
         if not isinstance(schema, type):
             raise OptionsError(
                 "extract() with a JSON schema dict needs the grammar backend (xgrammar), which is not "
@@ -230,7 +327,7 @@ class TaskMixin:
         _say_fallback_once()
         error = OutputParseError("not attempted")
         for attempt in range(1, max_retries + 2):
-            result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
+            result = self.generate(prompt, num_crops=num_crops, task=task, options=options, **option_fields)
             try:
                 value = parse_json_object(result.text, schema)
             except OutputParseError as exc:
@@ -248,6 +345,7 @@ class TaskMixin:
         self,
         prompt: Prompt,
         schema: type[BaseModel] | Mapping[str, Any],
+        task: TaskCall,
         num_crops: int | None,
         options: Any,
         option_fields: dict[str, Any],
@@ -255,7 +353,7 @@ class TaskMixin:
         """One generation constrained by ``schema``: valid JSON of the schema unless it ran out of tokens."""
         name = schema.__name__ if isinstance(schema, type) else str(schema.get("title", "JSON"))
         fields = {**option_fields, "json_schema": schema}
-        result = self.generate(prompt, num_crops=num_crops, options=options, **fields)
+        result = self.generate(prompt, num_crops=num_crops, task=task, options=options, **fields)
         if result.finish_reason == "length":
             raise OutputParseError(
                 f"the answer ran out of tokens after {result.usage.completion_tokens} before the "
@@ -295,5 +393,15 @@ class TaskMixin:
         return value
 
 
-
-__all__ = ["Extraction", "TaskMixin", "TaskPrompts", "parse_json_object"]
+__all__ = [
+    "TASKS",
+    "TASK_ALIASES",
+    "Extraction",
+    "TaskCall",
+    "TaskMixin",
+    "TaskPrompts",
+    "TaskSpec",
+    "extract_instruction",
+    "get_task",
+    "parse_json_object",
+]

@@ -19,6 +19,7 @@ from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
 from ..quantization import SCHEMES as QUANTIZATION_SCHEMES
+from ..tasks import TASKS
 from . import batch, chat, commands, info, serve
 from .common import report
 
@@ -160,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     model, generation = _model_parent(), _generation_parent()
     run_parents = [debug, json_out, model, generation]
 
-    def add(name: str, help_text: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    def add(
+        name: str, help_text: str, parents: list[argparse.ArgumentParser], aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
         sub = subcommands.add_parser(
             name,
+            aliases=list(aliases),
             help=help_text,
             description=textwrap.fill(help_text, 80),
             parents=parents,
@@ -172,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(parser=sub)
         return sub
 
-    describe = add("describe", "Describe images, one answer per image.", run_parents)
-    describe.add_argument("images", nargs="+", metavar="IMAGE")
-    describe.set_defaults(handler=commands.run_describe)
-
-    ocr = add("ocr", "Read the text in images, one answer per image.", run_parents)
-    ocr.add_argument("images", nargs="+", metavar="IMAGE")
-    ocr.set_defaults(handler=commands.run_ocr)
+    for name, help_text in (
+        ("describe", "Describe images, one answer per image."),
+        ("extract_text", "Read the text in images (OCR), one answer per image."),
+    ):
+        per_image = add(name, help_text, run_parents, TASKS[name].aliases)
+        per_image.add_argument("images", nargs="+", metavar="IMAGE")
+        per_image.set_defaults(handler=commands.run_per_image, task=name)
 
     compare = add("compare", "Say how two or more images differ (one answer).", run_parents)
     compare.add_argument("images", nargs="+", metavar="IMAGE", help="two or more images")
@@ -229,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit code 1 when some images failed (they are recorded in the output).",
         [debug, model, generation],
     )
+    batch_tasks = [spec for spec in TASKS.values() if spec.batch]
     batch_parser.add_argument(
-        "task", choices=["describe", "ocr", "ask", "extract"], help="describe, ocr, ask or extract"
+        "task",
+        choices=[name for spec in batch_tasks for name in (spec.name, *spec.aliases)],
+        help=", ".join(spec.name + "".join(f" ({alias})" for alias in spec.aliases) for spec in batch_tasks),
     )
     batch_parser.add_argument(
         "inputs",
@@ -367,7 +374,8 @@ def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser)
         sub.error(f"argument --device: unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
     if args.num_crops is not None and args.num_crops > MAX_NUM_CROPS:
         sub.error(f"argument --num-crops: must be at most {MAX_NUM_CROPS}, got {args.num_crops}")
-    if args.dtype == "auto" and args.attn == "auto":
+    attn = getattr(args, "attn", "auto")  # info's memory-plan options have no --attn
+    if args.dtype == "auto" and attn == "auto":
         return  # nothing to check against the device: no need to import torch
     from ..devices import choose_attn_implementation, choose_device, choose_dtype
     from ..errors import DeviceError
@@ -375,7 +383,7 @@ def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser)
     device, _ = choose_device(args.device)
     try:
         dtype, _ = choose_dtype(args.dtype, device)
-        choose_attn_implementation(args.attn, device, dtype)
+        choose_attn_implementation(attn, device, dtype)
     except DeviceError as exc:
         sub.error(str(exc))
 

@@ -1,16 +1,18 @@
-"""describe, ocr, compare, ask and extract: one model call per answer, text streamed or JSON lines.
+"""describe, extract_text (ocr), compare, ask and extract: one model call per answer, text
+streamed or JSON lines.
 
-Text mode streams (``VisionModel.stream``) so that a person sees the answer as it is made; JSON
-mode calls the task helpers so that each line is the helper's own result type
-(``Description``, ``TextExtraction``, ``Comparison``, ``Answer``).
+Text mode streams (``VisionModel.stream``) the task's own prompt (phi3vision.tasks) so that a
+person sees the answer as it is made; JSON mode calls the task helpers so that each line is the
+helper's own result type (``Description``, ``TextExtraction``, ``Comparison``, ``Answer``).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from ..errors import Phi3VisionError
+from ..tasks import TASKS, TaskPrompts, get_task
 from .common import (
     debug_flag,
     image_inputs,
@@ -26,38 +28,28 @@ if TYPE_CHECKING:
     from ..results import Generation
 
 
-def run_describe(args: argparse.Namespace) -> int:
-    return _one_per_image(args, "describe")
-
-
-def run_ocr(args: argparse.Namespace) -> int:
-    return _one_per_image(args, "ocr")
-
-
-def _one_per_image(args: argparse.Namespace, task: Literal["describe", "ocr"]) -> int:
-    """One answer per image. A failing image is reported (and, with --json, printed as an
-    error result so that line N still belongs to image N); the others still run; exit 1."""
+def run_per_image(args: argparse.Namespace) -> int:
+    """describe and extract_text (ocr): one answer per image. A failing image is reported
+    (and, with --json, printed as an error result so that line N still belongs to image N);
+    the others still run; exit 1."""
     from ..jobs import failed_result
-    from ..prompt import Prompt
 
+    task = get_task(args.task)
     inputs = image_inputs(args.images)
     failures = 0
     with load_model(args) as vm:
-        instruction = vm.task_prompts.describe if task == "describe" else vm.task_prompts.extract_text
+        helper = getattr(vm, task.name)  # vm.describe or vm.extract_text: the task's result type
         for label, source in inputs:
             if len(inputs) > 1 and not args.json:
                 print_header(label)
             try:
+                result: Generation
                 if args.json:
-                    result: Any = (
-                        vm.describe(source, options=args.options)
-                        if task == "describe"
-                        else vm.extract_text(source, options=args.options)
-                    )
+                    result = helper(source, options=args.options)
                     print_json(result)
                 else:
                     result = print_stream(
-                        vm.stream(Prompt().user(instruction, images=[source]), options=args.options)
+                        vm.stream(task.prompt(vm.task_prompts, [source]), options=args.options)
                     )
                 report_run(args, result, vm.info.device)
             except Phi3VisionError as exc:
@@ -69,8 +61,6 @@ def _one_per_image(args: argparse.Namespace, task: Literal["describe", "ocr"]) -
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..prompt import Prompt
-
     sources = [source for _, source in image_inputs(args.images)]
     with load_model(args) as vm:
         result: Generation
@@ -78,18 +68,16 @@ def run_compare(args: argparse.Namespace) -> int:
             result = vm.compare(*sources, options=args.options)
             print_json(result)
         else:
-            prompt = Prompt().user(vm.task_prompts.compare, images=sources)
+            prompt = TASKS["compare"].prompt(vm.task_prompts, sources)
             result = print_stream(vm.stream(prompt, options=args.options))
         report_run(args, result, vm.info.device)
     return 0
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from ..prompt import Prompt
-
     sources = [source for _, source in image_inputs(args.images)]
     # Checked before loading: the library would raise the same PromptError, only later.
-    prompt = Prompt(system=args.system).user(args.question, images=sources)
+    prompt = TASKS["ask"].prompt(TaskPrompts(), sources, instruction=args.question, system=args.system)
     with load_model(args) as vm:
         result: Generation
         if args.json:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 def load_model(args: argparse.Namespace) -> VisionModel:
     """The model named by the common options. A note goes to stderr on a terminal only, so
     that scripts reading stderr see nothing but errors."""
+    from ..load_options import LoadOptions
     from ..loading import default_model
     from ..model import VisionModel
 
@@ -33,8 +34,7 @@ def load_model(args: argparse.Namespace) -> VisionModel:
 
         disable_progress_bars()
     started = time.perf_counter()
-    vm = VisionModel.from_pretrained(
-        name,
+    options = LoadOptions.of(
         device=args.device,
         dtype=args.dtype,
         attn_implementation=args.attn,
@@ -42,6 +42,7 @@ def load_model(args: argparse.Namespace) -> VisionModel:
         revision=args.revision,
         quantization=args.quantization,
     )
+    vm = VisionModel.load(name, options)
     if verbose(args):
         info = vm.info
         note(

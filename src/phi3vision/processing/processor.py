@@ -1,4 +1,5 @@
-"""Prompt text + loaded images -> model inputs (``Encoding``), and token counts without tensors."""
+"""Prompt text + loaded images -> a ``PreparedPrompt`` (torch-free), and the tensors of an
+``Encoding`` (``VisionModel.encode``) made from one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..errors import OptionsError
+from ..prepared import PreparedPrompt
 from .hd_transform import (
     CLIP_MEAN,
     CLIP_STD,
@@ -26,7 +28,7 @@ MAX_NUM_CROPS = 64
 """Upper bound accepted for num_crops; the checkpoints are trained with up to 16."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Encoding:
     """Model inputs for one prompt, as the reference processor makes them.
 
@@ -42,8 +44,6 @@ class Encoding:
     num_crops: int
     image_token_counts: list[int] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list, repr=False)
-    image_keys: list[str] | None = field(default=None, repr=False)
-    """Content keys of the images, filled in when a cache needs them."""
     image_mean: tuple[float, ...] = field(default=CLIP_MEAN, repr=False)
     image_std: tuple[float, ...] = field(default=CLIP_STD, repr=False)
     _views: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -110,21 +110,43 @@ class Processor:
         """Token ids (images as runs of ``-N``), with no pixel work: what ``count_tokens`` uses."""
         return self.tokenizer.encode(prompt, self.image_token_counts(images, num_crops))
 
-    def encode(self, prompt: str, images: Sequence[Image.Image], num_crops: int | None = None) -> Encoding:
-        """Token ids and image sizes now; pixel values when first asked for."""
+    def prepare(
+        self,
+        prompt: str,
+        images: Sequence[Image.Image],
+        num_crops: int | None = None,
+        sources: Sequence[str] = (),
+    ) -> PreparedPrompt:
+        """Token ids, image sizes and token counts: everything but pixels, no torch."""
+        crops = self.num_crops if num_crops is None else check_num_crops(num_crops)
+        sizes = tuple(hd_image_size(image.width, image.height, crops) for image in images)
+        counts = tuple(num_image_tokens(*size) for size in sizes)
+        return PreparedPrompt(
+            text=prompt,
+            token_ids=tuple(self.tokenizer.encode(prompt, counts)),
+            num_crops=crops,
+            image_token_counts=counts,
+            image_sizes=sizes,
+            images=tuple(images),
+            sources=tuple(sources),
+        )
+
+    def encoding(self, prepared: PreparedPrompt) -> Encoding:
+        """The model inputs' tensors of a prepared prompt; pixel values when first asked for."""
         import torch
 
-        crops = self.num_crops if num_crops is None else check_num_crops(num_crops)
-        sizes = [hd_image_size(image.width, image.height, crops) for image in images]
-        counts = [num_image_tokens(*size) for size in sizes]
-        ids = torch.tensor([self.tokenizer.encode(prompt, counts)], dtype=torch.long)  # (1, L)
+        ids = torch.tensor([prepared.token_ids], dtype=torch.long)  # (1, L)
         return Encoding(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            image_sizes=torch.tensor(sizes, dtype=torch.long).reshape(len(images), 2),
-            num_crops=crops,
-            image_token_counts=counts,
-            images=list(images),
+            image_sizes=torch.tensor(prepared.image_sizes, dtype=torch.long).reshape(len(prepared.images), 2),
+            num_crops=prepared.num_crops,
+            image_token_counts=list(prepared.image_token_counts),
+            images=list(prepared.images),
             image_mean=self.image_mean,
             image_std=self.image_std,
         )
+
+    def encode(self, prompt: str, images: Sequence[Image.Image], num_crops: int | None = None) -> Encoding:
+        """Token ids and image sizes now; pixel values when first asked for."""
+        return self.encoding(self.prepare(prompt, images, num_crops))

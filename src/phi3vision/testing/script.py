@@ -31,9 +31,11 @@ from pydantic import BaseModel, ValidationError
 from ..errors import OptionsError
 from ..options import GenerationOptions
 from ..results import Generation
+from ..tasks import TASK_ALIASES, TASKS
 
-TASK_NAMES = ("describe", "extract_text", "compare", "ask", "extract")
-"""Task helpers whose calls a route key can name (``extract_result`` counts as "extract")."""
+TASK_NAMES = tuple(TASKS)
+"""Task helpers whose calls a route key can name (``extract_result`` counts as "extract"; an
+old spelling such as "ocr" names its task too)."""
 
 Method = Literal["generate", "stream", "generate_batch"]
 
@@ -143,10 +145,11 @@ class ResponseScript:
         return response_text(found)
 
     def _route(self, call: FakeCall) -> Response | None:
-        if call.task is not None and call.task in self.routes:
-            return _resolve(self.routes[call.task], call)
         for key, item in self.routes.items():
-            if key not in TASK_NAMES and key in call.prompt:
+            if TASK_ALIASES.get(key, key) == call.task:
+                return _resolve(item, call)
+        for key, item in self.routes.items():
+            if key not in TASKS and key not in TASK_ALIASES and key in call.prompt:
                 return _resolve(item, call)
         return None
 

@@ -5,7 +5,6 @@ that the same code runs on the real engine end to end."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import pytest
 from PIL import Image
@@ -14,11 +13,6 @@ from phi3vision import OutputParseError, VisionModel
 from phi3vision.testing import FakeCall, FakeVisionModel
 
 from .bookshelf import CAPTION_REQUEST, BookInfo, book_info, caption_folder, live_answer
-
-
-def as_model(fake: FakeVisionModel) -> VisionModel:
-    """The fake has VisionModel's interface but is not a subclass: say so to the type checker."""
-    return cast(VisionModel, fake)
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def shelf(tmp_path: Path) -> Path:
 
 def test_book_info_reads_the_cover(fake_vision_model: FakeVisionModel, shelf: Path) -> None:
     fake_vision_model.script({"extract": '{"title": "ALONE", "author": "Morgan Maxwell"}'})
-    assert book_info(as_model(fake_vision_model), shelf / "a-red.png") == BookInfo(
+    assert book_info(fake_vision_model, shelf / "a-red.png") == BookInfo(
         title="ALONE", author="Morgan Maxwell"
     )
     (call,) = fake_vision_model.calls
@@ -46,7 +40,7 @@ def test_book_info_reads_the_cover(fake_vision_model: FakeVisionModel, shelf: Pa
 
 def test_book_info_gives_up_without_a_valid_answer(fake_vision_model: FakeVisionModel, shelf: Path) -> None:
     fake_vision_model.script([OutputParseError("no valid BookInfo")])
-    assert book_info(as_model(fake_vision_model), shelf / "a-red.png") is None
+    assert book_info(fake_vision_model, shelf / "a-red.png") is None
     assert fake_vision_model.pending_responses == 0
 
 
@@ -58,7 +52,7 @@ def test_caption_folder_captions_every_image_and_survives_a_broken_one(
         return f"A {'wide' if width > height else 'tall'} picture\nand a second line to cut"
 
     fake_vision_model.script(caption)
-    captions = caption_folder(as_model(fake_vision_model), shelf)
+    captions = caption_folder(fake_vision_model, shelf)
     assert [c.file for c in captions] == ["a-red.png", "b-grey.jpg", "c-broken.jpg"]
     assert [c.text for c in captions] == ["A wide picture", "A tall picture", None]
     assert captions[2].error is not None and "c-broken.jpg" in captions[2].error
@@ -68,7 +62,7 @@ def test_caption_folder_captions_every_image_and_survives_a_broken_one(
 
 def test_live_answer_streams_the_whole_answer(fake_vision_model: FakeVisionModel, shelf: Path) -> None:
     fake_vision_model.script(default="A red square on a white wall.")
-    pieces = list(live_answer(as_model(fake_vision_model), "What is this?", shelf / "a-red.png"))
+    pieces = list(live_answer(fake_vision_model, "What is this?", shelf / "a-red.png"))
     assert len(pieces) > 1
     assert "".join(pieces) == "A red square on a white wall."
 
