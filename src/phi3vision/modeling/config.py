@@ -273,7 +273,8 @@ def build_configs(raw: dict[str, Any], attn_implementation: str = "sdpa") -> Phi
     image_dim_out = _size(img_processor, "image_dim_out", 1 << 16, vision.hidden_size, "img_processor.")
     layer_idx = img_processor.get("layer_idx", -2)
     layers = vision.num_hidden_layers
-    if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not -layers <= layer_idx < 0:
+    # hidden_states holds the embeddings' output and then each layer's: layers + 1 entries.
+    if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not -(layers + 1) <= layer_idx < 0:
         raise _fail("img_processor.layer_idx", f"must be a negative layer index, got {layer_idx!r:.60}")
     if image_dim_out != vision.hidden_size:
         raise CheckpointError(
