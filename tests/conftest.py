@@ -27,3 +27,11 @@ def cpu_model() -> Iterator[VisionModel]:
 
     with VisionModel.from_pretrained(GOLDEN_CHECKPOINT, device="cpu", dtype="float32") as model:
         yield model
+
+
+@pytest.fixture
+def prompt_and_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """extract() as without the grammar extra: JSON asked for in the prompt, retried when invalid."""
+    import phi3vision.constraints
+
+    monkeypatch.setattr(phi3vision.constraints, "backend_available", lambda: False)

@@ -173,3 +173,25 @@ def test_numbers_are_written_without_exponents() -> None:
         "12,346",
         "n/a",
     ]
+
+
+def test_every_section_module_is_listed() -> None:
+    """A section written in its own module runs only once ``bench/sections.py`` lists it."""
+    import importlib
+    import pkgutil
+
+    import phi3vision.bench
+    from phi3vision.bench import Section
+    from phi3vision.bench.sections import ALL
+
+    defined = set()
+    for info in pkgutil.iter_modules(phi3vision.bench.__path__):
+        if info.name == "__main__":
+            continue
+        module = importlib.import_module(f"phi3vision.bench.{info.name}")
+        defined |= {value.name for value in vars(module).values() if isinstance(value, Section)}
+    assert defined == {section.name for section in ALL} == set(SECTIONS)
+
+
+def test_sizes_say_how_long_they_take() -> None:
+    assert "mid (minutes on a small CPU)" in " ".join(build_parser().format_help().split())

@@ -1,9 +1,13 @@
-"""Checkpoint loading: local directories, bad checkpoints, the Hub path (without network)."""
+"""Checkpoint loading: local directories, bad checkpoints, the Hub path (stand-in Hubs on
+127.0.0.1, no network)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from phi3vision import CheckpointError, VisionModel
-from phi3vision.loading import CHECKPOINT_FILE_PATTERNS, open_checkpoint, resolve_directory
+from phi3vision.loading import resolve_directory
 
 from .conftest import GOLDEN_CHECKPOINT
+from .hub_stand_in import COMMIT, checkpoint_hub, hanging_hub
 
 
 @pytest.fixture
@@ -148,37 +153,6 @@ def test_not_a_directory_nor_a_hub_id(tmp_path: Path):
         resolve_directory(file)
 
 
-def test_hub_ids_go_through_huggingface_hub(monkeypatch: pytest.MonkeyPatch, checkpoint_copy: Path):
-    calls = []
-
-    def fake_snapshot_download(
-        repo_id: str, revision: str | None = None, allow_patterns: list[str] | None = None
-    ):
-        calls.append((repo_id, revision, allow_patterns))
-        return str(checkpoint_copy)
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    checkpoint = open_checkpoint("microsoft/Phi-3-vision-128k-instruct", revision="abc123")
-    assert calls == [("microsoft/Phi-3-vision-128k-instruct", "abc123", CHECKPOINT_FILE_PATTERNS)]
-    assert checkpoint.model_id == "microsoft/Phi-3-vision-128k-instruct"
-    assert checkpoint.revision == "abc123"
-    # Only data files are ever fetched: never the repository's Python code or pickles.
-    assert not any(p.endswith((".py", ".bin", ".pt")) for p in CHECKPOINT_FILE_PATTERNS)
-
-
-def test_hub_failure_becomes_checkpoint_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(CheckpointError, match=r"microsoft/Phi-3-vision-128k-instruct.*Hugging Face Hub"):
-        resolve_directory("microsoft/Phi-3-vision-128k-instruct")
-
-
 @pytest.mark.parametrize("shard", ["../elsewhere.safetensors", "sub/model.safetensors", "weights.bin"])
 def test_index_cannot_point_outside_the_checkpoint(checkpoint_copy: Path, shard: str):
     (checkpoint_copy / "model.safetensors").unlink()
@@ -223,3 +197,97 @@ def test_weights_are_read_without_memory_mapping(checkpoint_copy: Path, monkeypa
             model.generate("<|user|>\nhi<|end|>\n<|assistant|>\n", max_new_tokens=2).usage.completion_tokens
             == 2
         )
+
+
+# --- The Hub: stand-in servers on 127.0.0.1 (huggingface_hub reads HF_ENDPOINT when imported,
+# so each resolution runs in a subprocess) --------------------------------------------------
+
+_RESOLVE = """
+import sys
+from phi3vision.errors import CheckpointError
+from phi3vision.loading import resolve_directory
+try:
+    print(resolve_directory(sys.argv[1]))
+except CheckpointError as error:
+    print(type(error).__name__, error)
+    sys.exit(3)
+"""
+
+
+def _resolve(repo_id: str, hf_home: Path, endpoint: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``resolve_directory(repo_id)`` in a fresh process against ``endpoint``, with 1 s timeouts."""
+    return subprocess.run(
+        [sys.executable, "-c", _RESOLVE, repo_id],
+        capture_output=True,
+        text=True,
+        timeout=120,  # far above the 1 s the library may wait: a hang fails the test
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(hf_home),
+            "HF_HUB_ETAG_TIMEOUT": "1",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "1",
+            **env,
+        },
+        check=False,
+    )
+
+
+def test_a_hub_that_never_answers_gives_one_clear_error(tmp_path: Path):
+    with hanging_hub() as endpoint:
+        run = _resolve("microsoft/Phi-3-vision-128k-instruct", tmp_path / "hf", endpoint)
+    assert run.returncode == 3, run.stdout + run.stderr
+    kind, _, message = run.stdout.strip().partition(" ")
+    assert kind == "HubUnavailableError" and "\n" not in message
+    assert message.startswith(f"cannot reach the Hugging Face Hub at {endpoint}")
+    for way_out in ("--model DIR", "PHI3VISION_MODEL=DIR", "HF_HUB_OFFLINE=1"):
+        assert way_out in message
+    assert ".." not in message and "HF_HUB_ETAG_TIMEOUT" in message
+
+
+def test_offline_with_nothing_cached_fails_at_once(tmp_path: Path):
+    with hanging_hub() as endpoint:  # contacting it would hang: offline mode must not
+        run = _resolve("microsoft/Phi-3-vision-128k-instruct", tmp_path / "hf", endpoint, HF_HUB_OFFLINE="1")
+    assert run.returncode == 3, run.stdout + run.stderr
+    kind, _, message = run.stdout.strip().partition(" ")
+    assert kind == "HubUnavailableError"
+    assert "HF_HUB_OFFLINE=1 forbids downloading it" in message
+    assert "unset HF_HUB_OFFLINE" in message and "--model DIR" in message and "PHI3VISION_MODEL" in message
+
+
+def test_download_from_a_stand_in_hub_then_from_the_cache(tmp_path: Path, golden_checkpoint: Path):
+    served = tmp_path / "repo"
+    shutil.copytree(golden_checkpoint, served)
+    (served / "modeling_phi3_v.py").write_text("raise SystemExit('remote code must never be fetched')\n")
+    hf_home = tmp_path / "hf"
+    with checkpoint_hub(served, "org/tiny") as (endpoint, requests):
+        first = _resolve("org/tiny", hf_home, endpoint)
+        assert first.returncode == 0, first.stdout + first.stderr
+        directory = Path(first.stdout.strip())
+        assert directory.parent.name == "snapshots" and directory.name == COMMIT
+        for file in golden_checkpoint.iterdir():
+            assert (directory / file.name).read_bytes() == file.read_bytes()
+        assert not (directory / "modeling_phi3_v.py").exists()
+        assert not any(request.endswith(".py") for request in requests)
+        # One line before the download: how much and where to.
+        size = sum(file.stat().st_size for file in golden_checkpoint.iterdir()) / 1e6
+        destination = hf_home / "hub" / "models--org--tiny"
+        notice = f"downloading {size:.1f} MB ({len(list(golden_checkpoint.iterdir()))} files) of org/tiny"
+        assert f"{notice} to {destination}" in first.stderr
+        # Cached: nothing to announce, same directory.
+        again = _resolve("org/tiny", hf_home, endpoint)
+        assert again.returncode == 0 and Path(again.stdout.strip()) == directory
+        assert "downloading" not in again.stderr
+        unknown = _resolve("org/absent", hf_home, endpoint)
+    assert unknown.returncode == 3
+    kind, _, message = unknown.stdout.strip().partition(" ")
+    assert kind == "CheckpointError" and "'org/absent'" in message and ".." not in message
+    # Offline, and with a Hub that no longer answers, the cached snapshot is used.
+    offline = _resolve("org/tiny", hf_home, "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0 and Path(offline.stdout.strip()) == directory
+    with hanging_hub() as hanging:
+        unreachable = _resolve("org/tiny", hf_home, hanging)
+    assert unreachable.returncode == 0 and Path(unreachable.stdout.strip()) == directory
+    with _load(directory) as model:
+        answer = model.generate("<|user|>\nhi<|end|>\n<|assistant|>\n", max_new_tokens=2)
+        assert answer.usage.completion_tokens == 2

@@ -329,6 +329,7 @@ class BookInfo(BaseModel):
     author: str
 
 
+@pytest.mark.usefixtures("prompt_and_retry")
 def test_extract_validates_json_against_the_schema(cpu_model, monkeypatch):
     replies = iter(
         ['Sure! {"title": "ALONE"}', 'Here: ```json\n{"title": "ALONE", "author": "Morgan Maxwell"}\n```']
@@ -348,6 +349,7 @@ def test_extract_validates_json_against_the_schema(cpu_model, monkeypatch):
     assert "author" in prompts[0] and "Field required" in prompts[1]
 
 
+@pytest.mark.usefixtures("prompt_and_retry")
 def test_extract_gives_up_after_bounded_retries(cpu_model):
     with pytest.raises(OutputParseError, match=r"no valid BookInfo after 2 attempt"):
         cpu_model.extract(BOOK, BookInfo, num_crops=1, max_retries=1, max_new_tokens=4)

@@ -36,6 +36,9 @@ _EXPORTS = {
     "load_image": "images",
     "Encoding": "processing.processor",
     "DEFAULT_MODEL_ID": "loading",
+    "plan_memory": "memory",
+    "MemoryPlan": "memory",
+    "MemoryWarning": "memory",
     "Phi3VisionError": "errors",
     "ImageError": "errors",
     "ImageTooLargeError": "errors",
@@ -43,6 +46,7 @@ _EXPORTS = {
     "ContextLengthError": "errors",
     "OptionsError": "errors",
     "CheckpointError": "errors",
+    "HubUnavailableError": "errors",
     "DeviceError": "errors",
     "OutOfMemoryError": "errors",
     "ModelClosedError": "errors",
@@ -62,9 +66,12 @@ __all__ = [
     "Generation",
     "GenerationOptions",
     "GenerationStream",
+    "HubUnavailableError",
     "ImageError",
     "ImagePolicy",
     "ImageTooLargeError",
+    "MemoryPlan",
+    "MemoryWarning",
     "ModelClosedError",
     "ModelInfo",
     "ModelRef",
@@ -83,6 +90,7 @@ __all__ = [
     "VisionModel",
     "__version__",
     "load_image",
+    "plan_memory",
 ]
 
 
@@ -104,6 +112,7 @@ if TYPE_CHECKING:
         CheckpointError,
         ContextLengthError,
         DeviceError,
+        HubUnavailableError,
         ImageError,
         ImageTooLargeError,
         ModelClosedError,
@@ -116,6 +125,7 @@ if TYPE_CHECKING:
     from .images import ImagePolicy, load_image
     from .limits import RequestLimits
     from .loading import DEFAULT_MODEL_ID
+    from .memory import MemoryPlan, MemoryWarning, plan_memory
     from .model import GenerationStream, ModelInfo, TokenCount, VisionModel
     from .options import GenerationOptions
     from .processing.processor import Encoding

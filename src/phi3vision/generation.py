@@ -18,14 +18,22 @@ from .processing.tokenization import PromptTokenizer
 from .stopping import CompletionText, StopConditions
 
 if TYPE_CHECKING:
+    from .constraints.masking import RowMatchers
     from .modeling.phi3v import Phi3VForCausalLM
 
 
 class TokenChooser:
-    """Greedy argmax, or sampling with temperature, top-k, top-p and a repetition penalty."""
+    """Greedy argmax, or sampling with temperature, top-k, top-p and a repetition penalty.
 
-    def __init__(self, options: GenerationOptions, device: torch.device) -> None:
+    With ``matchers`` (a constrained call), the logits are masked by each row's grammar first,
+    and each row's matcher is advanced with the token chosen (which waits for the device).
+    """
+
+    def __init__(
+        self, options: GenerationOptions, device: torch.device, matchers: RowMatchers | None = None
+    ) -> None:
         self.options = options
+        self.matchers = matchers
         self.generator: torch.Generator | None = None
         if options.do_sample:
             # A generator of our own keeps seeded sampling independent of global RNG state.
@@ -38,8 +46,15 @@ class TokenChooser:
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         """``(B, V)`` logits -> ``(B,)`` next tokens. ``seen`` ``(B, T)`` holds ids already in
         the sequence (negative ids and padding are ignored) for the repetition penalty."""
-        opts = self.options
         logits = logits.float()
+        if self.matchers is None:
+            return self._choose(logits, seen)
+        tokens = self._choose(self.matchers.mask(logits), seen)
+        self.matchers.advance(tokens)
+        return tokens
+
+    def _choose(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        opts = self.options
         if opts.repetition_penalty != 1.0 and seen is not None:
             index = seen.clamp(min=0)
             scores = logits.gather(1, index)

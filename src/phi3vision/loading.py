@@ -15,19 +15,22 @@ read from safetensors only (never pickle).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, HubUnavailableError
 from .modeling.config import check_preprocessor
 
 if TYPE_CHECKING:
     import torch
 
     from .modeling.phi3v import Phi3VForCausalLM
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
 
@@ -94,18 +97,129 @@ def resolve_directory(name_or_path: str | Path, revision: str | None = None) -> 
         raise CheckpointError(
             f"no checkpoint directory at {text!r}, and it is not a Hub model id like {DEFAULT_MODEL_ID!r}"
         )
-    try:
-        from huggingface_hub import snapshot_download
+    return _download(text, revision)
 
-        return Path(snapshot_download(text, revision=revision, allow_patterns=CHECKPOINT_FILE_PATTERNS))
-    except Exception as exc:  # the hub library raises many types: network, auth, not found
+
+LOCAL_CHECKPOINT_WAY = (
+    f"load a local checkpoint directory (--model DIR on the command line, {MODEL_ENV_VAR}=DIR, "
+    "or VisionModel.from_pretrained(DIR))"
+)
+"""The way out named by every message about a Hub that cannot be used."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line without a closing period (the hub library's messages span
+    lines and end with one; ours go on after them)."""
+    return f"{type(exc).__name__}: " + " ".join(str(exc).split()).rstrip(".")
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    """The Hub snapshot of ``repo_id``: from the cache, or downloaded.
+
+    huggingface_hub waits for ever on a Hub that accepts connections and never answers (its
+    metadata requests have no timeout), so the first request is ours, with connect and read
+    timeouts of ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default). It also says how much is to be
+    downloaded. File downloads themselves time out after ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds
+    without data (huggingface_hub's own setting).
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    at = f" at revision {revision!r}" if revision else ""
+    if constants.HF_HUB_OFFLINE:
+        return _cached_snapshot(
+            repo_id,
+            revision,
+            f"{repo_id!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it. Ways out: unset HF_HUB_OFFLINE to download "
+            f"it, or {LOCAL_CHECKPOINT_WAY}.",
+        )
+    timeout = float(constants.HF_HUB_ETAG_TIMEOUT)
+    unreachable = (
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} for {repo_id!r}{at} "
+        "({reason}; waited up to " + f"{timeout:g} s, set by HF_HUB_ETAG_TIMEOUT). Ways out: "
+        f"{LOCAL_CHECKPOINT_WAY}, or set HF_HUB_OFFLINE=1 to use the files already in the Hugging Face cache."
+    )
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status is not None and status < 500:  # the Hub answered: not found, gated, no access
+            raise CheckpointError(
+                f"could not get {repo_id!r}{at} from the Hugging Face Hub: {_one_line(exc)}. "
+                "Check the id, the revision and your access (HF_TOKEN), or pass a local checkpoint directory."
+            ) from exc
+        return _cached_snapshot(repo_id, revision, unreachable.format(reason=_one_line(exc)), exc)
+    except Exception as exc:  # network errors: huggingface_hub's transport library's own types
+        return _cached_snapshot(repo_id, revision, unreachable.format(reason=_one_line(exc)), exc)
+    _announce_download(repo_id, info)
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=CHECKPOINT_FILE_PATTERNS, etag_timeout=timeout
+            )
+        )
+    except HfHubHTTPError as exc:
         raise CheckpointError(
-            f"could not get {text!r}"
-            + (f" at revision {revision!r}" if revision else "")
-            + f" from the Hugging Face Hub: {type(exc).__name__}: {exc}. Check the id and your "
-            "network, or pass a local checkpoint directory (with HF_HUB_OFFLINE=1 only the "
-            "local cache is used)."
+            f"could not get {repo_id!r}{at} from the Hugging Face Hub: {_one_line(exc)}. Ways out: "
+            f"try again, or {LOCAL_CHECKPOINT_WAY}."
         ) from exc
+    except Exception as exc:
+        raise HubUnavailableError(unreachable.format(reason=_one_line(exc))) from exc
+
+
+def _cached_snapshot(
+    repo_id: str, revision: str | None, message: str, cause: BaseException | None = None
+) -> Path:
+    """The snapshot already in the cache, or ``HubUnavailableError(message)``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=CHECKPOINT_FILE_PATTERNS, local_files_only=True
+            )
+        )
+    except Exception as exc:
+        raise HubUnavailableError(message) from (cause or exc)
+
+
+def _announce_download(repo_id: str, info: Any) -> None:
+    """One line before a download: how much, and where to. Logged (the CLI shows it on stderr);
+    huggingface_hub's progress bars follow."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = filter_repo_objects(
+        info.siblings or [], allow_patterns=CHECKPOINT_FILE_PATTERNS, key=lambda file: file.rfilename
+    )
+    missing = [
+        file
+        for file in files
+        if not isinstance(try_to_load_from_cache(repo_id, file.rfilename, revision=info.sha), str)
+    ]
+    if not missing:
+        return
+    size = sum(file.size or 0 for file in missing)
+    destination = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    logger.warning(
+        "downloading %s (%d file%s) of %s to %s",
+        _human_size(size),
+        len(missing),
+        "" if len(missing) == 1 else "s",
+        repo_id,
+        destination,
+    )
+
+
+def _human_size(size: int) -> str:
+    """Decimal units, as the Hub shows file sizes."""
+    if size < 1000:
+        return f"{size} bytes"
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -283,6 +397,7 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device,
     dtype: torch.dtype,
+    quantization: str | None = None,
 ) -> None:
     """Read the checkpoint's weights onto ``model``'s parameters, one tensor at a time.
 
@@ -290,8 +405,18 @@ def load_weights(
     tensor is read. Each tensor is read with plain file reads into memory of its own (the file
     is not memory-mapped, so its pages never count as the process's memory), then converted
     to its device and dtype: the peak is the model plus one tensor, never a second copy.
+
+    With ``quantization`` ("int8", "int4", "nf4"; see ``phi3vision.quantization``) each
+    language-model linear layer is replaced by its quantised form as soon as its weights are
+    read, so the full-precision layers never exist all at once.
     """
     import torch
+
+    from .quantization import check_quantization, is_quantization_target, quantize_linear, require_library
+
+    if quantization is not None:
+        check_quantization(quantization, device.type, str(dtype).removeprefix("torch."))
+        require_library(quantization)
 
     expected = expected_weight_names(model)
     params = dict(model.named_parameters())
@@ -329,11 +454,22 @@ def load_weights(
                     buffer = raw.view(-1).view(torch.uint8).numpy().data  # the tensor's own memory
                     if handle.readinto(buffer) != info.nbytes:
                         raise CheckpointError(f"cannot read weights from {file}: {name!r} is cut short")
-                tensor = raw.to(device=device, dtype=dtype)
-                del raw
                 owner_name, _, attr = expected[name].rpartition(".")
-                setattr(
-                    model.get_submodule(owner_name), attr, torch.nn.Parameter(tensor, requires_grad=False)
-                )
+                owner = model.get_submodule(owner_name)
+                scheme = quantization if is_quantization_target(owner_name, owner) else None
+                # A layer to quantise keeps the stored dtype until it is quantised: no full copy.
+                tensor = raw if scheme else raw.to(device=device, dtype=dtype)
+                del raw
+                setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
+                del tensor
+                if (
+                    scheme
+                    and isinstance(owner, torch.nn.Linear)
+                    and not any(p.is_meta for p in owner.parameters())
+                ):
+                    parent_name, _, child = owner_name.rpartition(".")
+                    replacement = quantize_linear(owner, scheme, device, dtype)
+                    setattr(model.get_submodule(parent_name), child, replacement)
+                del owner
     model.to(device)  # the buffers (rotary frequencies, CLIP position ids), still on the CPU
     model.eval()

@@ -54,6 +54,7 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str
     attn_implementation: str
+    quantization: str | None = None
     reasons: dict[str, str]
     num_parameters: int
     num_crops: int
@@ -91,6 +92,7 @@ class VisionModel(TaskMixin):
         reuse_prefix: bool = True,
         compile: bool = False,
         limits: RequestLimits | None = None,
+        quantization: str | None = None,
     ) -> None:
         from .caches import FeatureCache
         from .generation import StaticDecoder
@@ -103,6 +105,7 @@ class VisionModel(TaskMixin):
         self.dtype = dtype
         self.attn_implementation = attn_implementation
         self._reasons = reasons
+        self.quantization = quantization
         self.image_policy = image_policy
         self.limits = limits or RequestLimits()
         self._num_parameters = sum(p.numel() for p in model.parameters())
@@ -135,6 +138,7 @@ class VisionModel(TaskMixin):
         reuse_prefix: bool = True,
         compile: bool = False,
         limits: RequestLimits | None = None,
+        quantization: str | None = None,
     ) -> VisionModel:
         """Load a checkpoint: a Hub id (downloaded on first use, then cached; ``revision``
         pins a branch, tag or commit) or a local directory in the same layout. Without a
@@ -154,9 +158,14 @@ class VisionModel(TaskMixin):
         ``compile=True`` decodes with a static KV cache and a torch.compile'd step (CUDA graphs
         on GPU): the fastest decoding, after a compilation of some seconds to a minute for each
         new batch size and length bucket. It replaces ``reuse_prefix``.
+
+        ``quantization`` ("int8" on CPU or CUDA; "int4", "nf4" on CUDA) stores the language
+        model's linear layers quantised, layer by layer while loading (docs/loading.md). On a
+        CPU, a ``MemoryWarning`` is issued when the planned memory exceeds what is available.
         """
         from .devices import choose_attn_implementation, choose_device, choose_dtype
         from .loading import build_empty_model, load_weights, open_checkpoint
+        from .memory import warn_if_over_memory
         from .processing.processor import Processor, check_num_crops
         from .processing.tokenization import PromptTokenizer
 
@@ -168,9 +177,10 @@ class VisionModel(TaskMixin):
         crops = check_num_crops(
             num_crops if num_crops is not None else checkpoint.preprocessor.get("num_crops", 16)
         )
+        warn_if_over_memory(checkpoint.config, torch_device.type, dtype_choice.value, quantization, crops)
         model = build_empty_model(checkpoint.config, attn_choice.value)
         with _device_errors():
-            load_weights(model, checkpoint, torch_device, torch_dtype)
+            load_weights(model, checkpoint, torch_device, torch_dtype, quantization)
         processor = Processor(
             PromptTokenizer.from_file(checkpoint.tokenizer_file, vocab_size=model.vocab_size),
             num_crops=crops,
@@ -194,6 +204,7 @@ class VisionModel(TaskMixin):
             reuse_prefix=reuse_prefix,
             compile=compile,
             limits=limits,
+            quantization=quantization,
         )
 
     @property
@@ -209,6 +220,7 @@ class VisionModel(TaskMixin):
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             attn_implementation=self.attn_implementation,
+            quantization=self.quantization,
             reasons=dict(self._reasons),
             num_parameters=self._num_parameters,
             num_crops=self.processor.num_crops,
@@ -228,6 +240,7 @@ class VisionModel(TaskMixin):
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             attn_implementation=self.attn_implementation,
+            quantization=self.quantization,
         )
 
     @property
@@ -470,11 +483,15 @@ class VisionModel(TaskMixin):
         keeps model state between steps except this call's own KV cache.
         """
 
+        from .constraints.masking import row_matchers
         from .generation import TokenChooser, collect_rows, decode_steps, new_cache
         from .stopping import stop_conditions
 
         model = self.module
         stop = stop_conditions(options, self.processor.tokenizer)
+        matchers = row_matchers(options, self.processor.tokenizer, model.vocab_size, len(encodings), stop)
+        if matchers is not None:
+            sync_every = 1  # the matchers read every token on the host anyway
         static = self._static  # closing the model clears the attribute, not this call's copy
         length = max(e.num_tokens for e in encodings)
         if static is not None:
@@ -485,7 +502,7 @@ class VisionModel(TaskMixin):
             cache, past = new_cache(model), 0
         try:
             batch, mask, ids = self._left_padded(encodings, past, length)
-            chooser = TokenChooser(options, self.device)
+            chooser = TokenChooser(options, self.device, matchers)
             steps = decode_steps(model, batch, mask, chooser, options.max_new_tokens, cache, ids, static)
             outcome = yield from collect_rows(
                 steps,

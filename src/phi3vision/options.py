@@ -42,6 +42,11 @@ class GenerationOptions(CheckedModel):
     """How to generate. Every task helper, ``generate``, ``stream`` and ``generate_batch``
     take these fields as keyword arguments, or a whole ``options=GenerationOptions(...)``.
 
+    ``json_schema`` (a JSON schema dict or a pydantic model class), ``regex`` and ``choices``
+    (the answer is exactly one of these strings) constrain decoding so that the answer matches
+    by construction (at most one per call; needs ``pip install 'phi3vision[grammar]'``; see
+    docs/structured.md). With a constraint, ``stop`` may hold token ids only.
+
     Sampling follows one rule (the OpenAI API's and mlx-vlm's): ``temperature=0``, the
     default, is greedy decoding; a temperature above 0 samples at that temperature unless
     ``do_sample=False`` is given explicitly. ``do_sample=True`` without a temperature samples
@@ -64,6 +69,9 @@ class GenerationOptions(CheckedModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: tuple[str | int, ...] | None = None
+    json_schema: dict[str, Any] | type[BaseModel] | None = None
+    regex: str | None = None
+    choices: tuple[str, ...] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -93,6 +101,12 @@ class GenerationOptions(CheckedModel):
                 )
         return tuple(value)
 
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices_as_tuple(cls, value: Any) -> Any:
+        """A list or tuple of strings (strict types still refuse anything else in it)."""
+        return tuple(value) if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _settle_sampling(self) -> GenerationOptions:
         """Replace ``do_sample=None`` by what the temperature means, and give ``do_sample=True``
@@ -112,6 +126,13 @@ class GenerationOptions(CheckedModel):
         else:
             sample = self.do_sample
         object.__setattr__(self, "do_sample", sample)
+        return self
+
+    @model_validator(mode="after")
+    def _check_constraint(self) -> GenerationOptions:
+        from .constraints import check_constraint_options
+
+        check_constraint_options(self)
         return self
 
 

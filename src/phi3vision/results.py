@@ -51,6 +51,8 @@ class ModelRef(BaseModel):
     device: str
     dtype: str
     attn_implementation: str
+    quantization: str | None = None
+    """The quantised loading scheme ("int8", "int4", "nf4"), or None for full weights."""
 
 
 class ErrorInfo(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .constraints import CONSTRAINED_STOP_TOKEN_IDS, constraint_of
 from .options import GenerationOptions
 from .processing.tokenization import DEFAULT_STOP_TOKEN_IDS, PromptTokenizer
 
@@ -18,9 +19,12 @@ class StopConditions:
 
 def stop_conditions(options: GenerationOptions, tokenizer: PromptTokenizer) -> StopConditions:
     """``stop=None``: the default stop tokens; otherwise exactly the ids and strings given.
-    A string that is one special token of the vocabulary (``"<|end|>"``) stops as that id."""
+    A string that is one special token of the vocabulary (``"<|end|>"``) stops as that id.
+    A constrained answer (json_schema, regex, choices) may also end at ``</s>`` by default."""
     if options.stop is None:
-        return StopConditions(frozenset(DEFAULT_STOP_TOKEN_IDS), ())
+        constrained = constraint_of(options) is not None
+        default_ids = CONSTRAINED_STOP_TOKEN_IDS if constrained else DEFAULT_STOP_TOKEN_IDS
+        return StopConditions(frozenset(default_ids), ())
     ids: set[int] = set()
     strings: list[str] = []
     for item in options.stop:

@@ -16,12 +16,15 @@ or per call with ``instruction=``):
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import constraints
 from .errors import OptionsError, OutputParseError, PromptError
 from .prompt import Prompt, strip_chat_markers
 from .results import Answer, Comparison, Description, Generation, TextExtraction
@@ -53,6 +56,27 @@ class Extraction(Generation):
 
     value: Any = Field(description="An instance of the requested schema")
     attempts: int
+    constrained: bool = Field(
+        False,
+        description="True when decoding was constrained by the schema (the grammar extra is installed); "
+        "False for the prompt-and-retry fallback",
+    )
+
+
+_log = logging.getLogger("phi3vision")
+_fallback_said = threading.Event()
+
+
+def _say_fallback_once() -> None:
+    """Without the grammar backend, extract falls back to prompt-and-retry: say so once per process."""
+    if not _fallback_said.is_set():
+        _fallback_said.set()
+        _log.warning(
+            "phi3vision: extract() is asking for JSON in the prompt and retrying, because the grammar "
+            "backend is not installed; pip install 'phi3vision[%s]' makes every answer valid by "
+            "construction",
+            constraints.GRAMMAR_EXTRA,
+        )
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -75,6 +99,12 @@ def parse_json_object(text: str, schema: type[SchemaT]) -> SchemaT:
             f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}" for e in exc.errors()
         )
         raise OutputParseError(f"the answer does not match {schema.__name__}: {problems}") from exc
+
+
+def extract_instruction(template: str, schema: type[BaseModel] | Mapping[str, Any] | None) -> str:
+    """The extract task's instruction: ``template`` with its ``{schema}`` filled in (compact JSON)."""
+    json_schema = schema.model_json_schema() if isinstance(schema, type) else dict(schema or {})
+    return template.replace("{schema}", json.dumps(json_schema, separators=(",", ":")))
 
 
 def text_lines(text: str) -> list[str]:
@@ -161,7 +191,7 @@ class TaskMixin:
     def extract_result(
         self,
         image: Any,
-        schema: type[SchemaT],
+        schema: type[BaseModel] | Mapping[str, Any],
         *,
         instruction: str | None = None,
         max_retries: int = 2,
@@ -169,19 +199,35 @@ class TaskMixin:
         options: Any = None,
         **option_fields: Any,
     ) -> Extraction:
-        """Structured output: JSON from the model, validated against a pydantic ``schema``.
+        """Structured output: JSON from the model, validated against ``schema``, a pydantic
+        model class (``value`` is an instance) or a JSON schema dict (``value`` is the parsed
+        JSON; this needs the grammar extra).
 
-        A reply that does not parse or validate is sent back with the error, up to
-        ``max_retries`` more times; then ``OutputParseError``.
+        With the grammar backend installed (``pip install 'phi3vision[grammar]'``), decoding is
+        constrained by the schema, so the answer is valid by construction; an answer that runs
+        out of tokens first raises ``OutputParseError`` (raise ``max_new_tokens`` or bound the
+        schema). Without it, a reply that does not parse or validate is sent back with the
+        error, up to ``max_retries`` more times; then ``OutputParseError``. ``constrained`` on
+        the result says which way it went.
         """
-        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            raise OptionsError(f"schema must be a pydantic model class, got {schema!r}")
+        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        if not is_model and not isinstance(schema, Mapping):
+            raise OptionsError(
+                f"schema must be a pydantic model class or a JSON schema dict, got {schema!r}"
+            )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise OptionsError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        text = (instruction or self.task_prompts.extract).replace(
-            "{schema}", json.dumps(schema.model_json_schema(), separators=(",", ":"))
-        )
+        text = extract_instruction(instruction or self.task_prompts.extract, schema)
         prompt = Prompt().user(text, images=[image])
+        if constraints.backend_available():
+            return self._extract_constrained(prompt, schema, num_crops, options, option_fields)
+        if not isinstance(schema, type):
+            raise OptionsError(
+                "extract() with a JSON schema dict needs the grammar backend (xgrammar), which is not "
+                f"installed: pip install 'phi3vision[{constraints.GRAMMAR_EXTRA}]' (or pass a pydantic "
+                "model class)"
+            )
+        _say_fallback_once()
         error = OutputParseError("not attempted")
         for attempt in range(1, max_retries + 2):
             result = self.generate(prompt, num_crops=num_crops, options=options, **option_fields)
@@ -197,6 +243,33 @@ class TaskMixin:
         raise OutputParseError(
             f"no valid {schema.__name__} after {max_retries + 1} attempt(s): {error}"
         ) from error
+
+    def _extract_constrained(
+        self,
+        prompt: Prompt,
+        schema: type[BaseModel] | Mapping[str, Any],
+        num_crops: int | None,
+        options: Any,
+        option_fields: dict[str, Any],
+    ) -> Extraction:
+        """One generation constrained by ``schema``: valid JSON of the schema unless it ran out of tokens."""
+        name = schema.__name__ if isinstance(schema, type) else str(schema.get("title", "JSON"))
+        fields = {**option_fields, "json_schema": schema}
+        result = self.generate(prompt, num_crops=num_crops, options=options, **fields)
+        if result.finish_reason == "length":
+            raise OutputParseError(
+                f"the answer ran out of tokens after {result.usage.completion_tokens} before the "
+                f"{name} object was complete: raise max_new_tokens, or bound the schema "
+                "(maxLength on strings, maxItems on lists; see docs/structured.md)"
+            )
+        if not isinstance(schema, type):
+            data = json.loads(result.text)
+            return Extraction(**result.model_dump(), value=data, attempts=1, constrained=True)
+        try:
+            value = schema.model_validate_json(result.text)
+        except ValidationError as exc:  # the grammar checks the JSON schema; a validator may check more
+            raise OutputParseError(f"the answer does not validate as {name}: {exc}") from exc
+        return Extraction(**result.model_dump(), value=value, attempts=1, constrained=True)
 
     def extract(
         self,

@@ -312,6 +312,21 @@ def test_ctrl_c_stops_cleanly(cli: Callable[..., Run], many: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_with_the_same_summary_as_ctrl_c(many: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    process = _batch_process(many, out)
+    _wait_for_lines(process, out, 1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    records = read_jsonl(out)
+    assert 1 <= len(records) < COUNT
+    assert f"phi3vision: interrupted: {COUNT} items, {len(records)} done, 0 failed" in err
+    assert "not run" in err and "--resume" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_random_points_then_resume_loses_nothing(many: Path, tmp_path: Path, seed: int) -> None:
     """Kill the batch process again and again at random moments (while loading, between lines,

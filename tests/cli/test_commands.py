@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 
 from phi3vision.options import DEFAULT_MAX_NEW_TOKENS
 
+from ..hub_stand_in import hanging_hub
 from .conftest import IMAGES, MODEL_ARGS, Run, python_m, write_truncated_png
 
 TINY = str(IMAGES / "tiny.png")
@@ -127,6 +129,9 @@ def test_bad_checkpoint_is_a_one_line_error(cli: Callable[..., Run], tmp_path: P
         ["describe", TINY, "--max-new-tokens", "0"],
         ["describe", TINY, "--top-p", "2", "--temperature", "1"],
         ["describe", TINY, "--dtype", "float64"],
+        ["describe", TINY, "--num-crops", "100"],
+        ["describe", TINY, "--device", "gpu"],
+        ["describe", TINY, "--dtype", "fp16", "--device", "cpu"],
         ["batch", "translate", "x", "--out", "y"],
         ["batch", "describe", "x"],
         ["batch", "describe", "x", "--out", "y", "--resume", "--overwrite"],
@@ -172,3 +177,70 @@ def test_python_m_exit_codes_without_traceback(tmp_path: Path) -> None:
     usage = python_m(["describe"])
     assert usage.returncode == 2
     assert usage.stderr.strip().splitlines()[-1].startswith("phi3vision describe: error:")
+
+
+def test_bad_model_options_are_usage_errors_before_torch_loads() -> None:
+    """As docs/cli.md promises: exit 2 and argparse's one line, before any slow work."""
+    code = (
+        "import sys; from phi3vision.cli import main; "
+        "code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
+    )
+    for option in (["--num-crops", "100"], ["--device", "gpu"]):
+        result = subprocess.run(
+            [sys.executable, "-c", code, "describe", TINY, *option],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.stdout.split() == ["2", "False"], result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("phi3vision describe: error: argument")
+
+
+def test_a_dtype_the_device_cannot_run_is_a_usage_error(cli: Callable[..., Run]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("float16 runs on this machine's GPU")
+    run = cli("describe", TINY, "--dtype", "fp16")  # auto picks the CPU here
+    assert run.code == 2 and "float16 on CPU" in run.err.strip().splitlines()[-1]
+
+
+def test_info_help_describes_its_own_json(cli: Callable[..., Run]) -> None:
+    run = cli("info", "--help")
+    assert run.code == 0
+    text = " ".join(run.out.split())
+    assert "one JSON object" in text and "streaming" not in text
+
+
+def test_a_folder_points_to_batch(cli: Callable[..., Run], tmp_path: Path) -> None:
+    run = cli("describe", f"{tmp_path}/", *MODEL_ARGS)
+    assert run.code == 1
+    assert run.err.strip().endswith(f"use batch: phi3vision batch describe {tmp_path}/ --out results.jsonl")
+
+
+def test_verbose_reports_timings_speed_and_memory(cli: Callable[..., Run]) -> None:
+    quiet = cli("describe", TINY, *MODEL_ARGS)
+    run = cli("describe", TINY, "--verbose", *MODEL_ARGS)
+    assert run.code == 0 and run.out == quiet.out and quiet.err == ""
+    loaded, after = run.err.strip().splitlines()
+    assert loaded.startswith("phi3vision: loaded ") and "M parameters, cpu, float32" in loaded
+    assert "6 new tokens" in after and "tokens/s" in after and "first token" in after
+    assert "peak process memory" in after and " GB" in after
+
+
+def test_a_hub_that_never_answers_is_one_line_in_bounded_time(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PHI3VISION_"))}
+    with hanging_hub() as endpoint:
+        result = subprocess.run(
+            [sys.executable, "-m", "phi3vision", "describe", TINY],
+            capture_output=True,
+            text=True,
+            timeout=120,  # the library waits 1 s here: a hang fails the test
+            env={**env, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path), "HF_HUB_ETAG_TIMEOUT": "1"},
+            check=False,
+        )
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"phi3vision: error: cannot reach the Hugging Face Hub at {endpoint}")
+    assert "--model DIR" in line and "PHI3VISION_MODEL" in line and "HF_HUB_OFFLINE=1" in line

@@ -440,6 +440,7 @@ def test_a_scripted_library_error_fails_its_batch_item_only() -> None:
     ],
     ids=["json", "fenced", "dict", "model"],
 )
+@pytest.mark.usefixtures("prompt_and_retry")
 def test_extract_parses_a_scripted_answer(photo: Image.Image, scripted: object) -> None:
     fake = FakeVisionModel([scripted])  # type: ignore[list-item]
     book = fake.extract(photo, BookInfo)
@@ -449,6 +450,7 @@ def test_extract_parses_a_scripted_answer(photo: Image.Image, scripted: object) 
     assert '"title"' in call.prompt  # the schema is in the instruction
 
 
+@pytest.mark.usefixtures("prompt_and_retry")
 def test_extract_retries_with_the_error_then_gives_up(photo: Image.Image) -> None:
     fake = FakeVisionModel(["I think it is ALONE.", BOOK_JSON])
     extraction = fake.extract_result(photo, BookInfo)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -202,15 +205,42 @@ def test_a_directory_with_files_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "model.safetensors").read_bytes() == b"old weights"
 
 
-def test_no_path_means_a_new_temporary_directory() -> None:
-    first = tiny_checkpoint(num_hidden_layers=1, vision_layers=1)
-    second = tiny_checkpoint(num_hidden_layers=1, vision_layers=1)
+def test_no_path_means_one_shared_directory_per_arguments() -> None:
+    """Calls without a path do not each leave a new copy in the temporary folder."""
+    temporary = Path(tempfile.gettempdir())
+    first = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=7)
     try:
-        assert first != second
-        assert (first / "model.safetensors").is_file() and (second / "config.json").is_file()
+        before = set(temporary.iterdir())
+        again = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=7)
+        assert again == first and set(temporary.iterdir()) == before
+        assert (first / "model.safetensors").is_file() and (first / "config.json").is_file()
+        assert not list(temporary.glob(f"{first.name}.partial-*"))
+        other = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=8)
+        try:
+            assert other != first and other.parent == first.parent
+        finally:
+            shutil.rmtree(other)
     finally:
         shutil.rmtree(first)
-        shutil.rmtree(second)
+
+
+def test_the_session_fixture_removes_its_checkpoint(tmp_path: Path) -> None:
+    record = tmp_path / "where.txt"
+    (tmp_path / "test_inner.py").write_text(
+        "def test_record(tiny_vision_checkpoint):\n"
+        "    assert (tiny_vision_checkpoint / 'model.safetensors').is_file()\n"
+        f"    open({str(record)!r}, 'w').write(str(tiny_vision_checkpoint))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_inner.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = Path(record.read_text())
+    assert written.name == "checkpoint" and not written.parent.exists()
 
 
 def test_key_value_heads_follow_the_attention_heads(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ some items failed; 2 a usage error (argparse's one-line reason); 130 interrupted
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -16,7 +18,8 @@ from .. import __version__
 from ..devices import ATTN_IMPLEMENTATIONS, DTYPES
 from ..errors import OptionsError, Phi3VisionError
 from ..loading import DEFAULT_MODEL_ID, MODEL_ENV_VAR
-from . import batch, chat, commands, info
+from ..quantization import SCHEMES as QUANTIZATION_SCHEMES
+from . import batch, chat, commands, info, serve
 from .common import report
 
 EXIT_OK = 0
@@ -93,6 +96,17 @@ def _model_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="image crops; more reads finer detail but costs more tokens (default: the checkpoint's)",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_SCHEMES,
+        help="language-model weights as int8 (CPU, CUDA), int4 or nf4 (CUDA) (default: none)",
+    )
+    parent.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="after loading and after each model call, print timings, tokens/s and peak memory to stderr",
     )
     return parent
 
@@ -174,7 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("images", nargs="*", metavar="IMAGE")
     ask.add_argument("-q", "--question", required=True, help="the question")
     ask.add_argument("--system", help="a system message to put before the question")
+    ask.add_argument(
+        "--choices", metavar="A,B,...", help="the answer is exactly one of these (needs phi3vision[grammar])"
+    )
     ask.set_defaults(handler=commands.run_ask)
+
+    extract = add(
+        "extract",
+        "Extract a JSON object matching a JSON schema from each image, one line per image on stdout "
+        "(decoding constrained by the schema; needs phi3vision[grammar]).",
+        [debug, model, generation],
+    )
+    extract.add_argument("images", nargs="+", metavar="IMAGE")
+    extract.add_argument("--schema", required=True, metavar="FILE", help="a JSON schema file (.json)")
+    extract.set_defaults(handler=commands.run_extract)
 
     chat_parser = add(
         "chat",
@@ -190,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser = add(
         "info",
         "Show the environment and what 'auto' would choose (device, dtype, attention); loads no model.",
-        [debug, json_out],
+        [debug],
     )
+    info_parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    info.add_arguments(info_parser)
     info_parser.set_defaults(handler=info.run_info)
 
     batch_parser = add(
@@ -200,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit code 1 when some images failed (they are recorded in the output).",
         [debug, model, generation],
     )
-    batch_parser.add_argument("task", choices=["describe", "ocr", "ask"], help="describe, ocr or ask")
+    batch_parser.add_argument(
+        "task", choices=["describe", "ocr", "ask", "extract"], help="describe, ocr, ask or extract"
+    )
     batch_parser.add_argument(
         "inputs",
         nargs="+",
@@ -209,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch_parser.add_argument("--out", "-o", required=True, metavar="FILE", help="results file (JSON Lines)")
     batch_parser.add_argument("-q", "--question", help="the question for ask (a manifest item's own wins)")
+    batch_parser.add_argument(
+        "--schema", metavar="FILE", help="extract: the JSON schema file each line's 'value' matches"
+    )
     batch_parser.add_argument("--recursive", "-r", action="store_true", help="look into subfolders too")
     batch_parser.add_argument(
         "--batch-size", type=_positive_int, default=4, metavar="N", help="images per model call (default: 4)"
@@ -227,7 +261,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
+    scale = batch_parser.add_argument_group("scaling out (pip install 'phi3vision[ray]')")
+    scale.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the model runs: in this process (default) or in Ray actors; the output is the same",
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="the Ray cluster to use (default: RAY_ADDRESS, or a local Ray)"
+    )
+    scale.add_argument(
+        "--ray-actors", type=_positive_int, default=1, metavar="N", help="model replicas (default: 1)"
+    )
+    scale.add_argument(
+        "--ray-gpus",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per replica; 0.5 puts two on a card (default: 0)",
+    )
+    scale.add_argument(
+        "--ray-cpus",
+        type=_non_negative_float,
+        default=None,
+        metavar="C",
+        help="CPUs per replica (default: 0.5, which leaves CPUs for reading the images)",
+    )
     batch_parser.set_defaults(handler=batch.run_batch_command)
+
+    serve_parser = add(
+        "serve",
+        "Serve the OpenAI chat API (POST /v1/chat/completions) over HTTP; needs phi3vision[server].",
+        [debug, model],
+    )
+    serve.add_arguments(serve_parser, _positive_int, _non_negative_int)
+    serve_parser.set_defaults(handler=serve.run_serve)
     return parser
 
 
@@ -246,10 +315,20 @@ def _prepare(args: argparse.Namespace) -> None:
             fields["top_p"] = args.top_p
         if args.seed is not None:
             fields["seed"] = args.seed
+        if getattr(args, "choices", None) is not None:
+            fields["choices"] = args.choices.split(",")
+        if getattr(args, "schema", None) is not None:
+            if getattr(args, "task", "extract") != "extract":
+                sub.error("--schema goes with the extract task")
+            fields["json_schema"] = _read_schema(args.schema, sub)
+        elif getattr(args, "task", None) == "extract":
+            sub.error("the extract task needs --schema FILE")
         try:
             args.options = resolve_options(None, fields)
         except OptionsError as exc:
             sub.error(str(exc))
+    if hasattr(args, "device"):
+        _check_model_options(args, sub)
     if args.command == "ask" and not args.question.strip():
         sub.error("-q/--question must not be empty")
     images = getattr(args, "images", [])
@@ -259,8 +338,46 @@ def _prepare(args: argparse.Namespace) -> None:
         sub.error("stdin holds the conversation in a chat; give images as paths or URLs")
     if args.command == "compare" and len(args.images) < 2:
         sub.error("compare needs at least two images")
-    if getattr(args, "retry_failed", False) and args.overwrite:
-        sub.error("--retry-failed continues the file; it cannot go with --overwrite")
+
+
+def _read_schema(path: str, sub: argparse.ArgumentParser) -> dict[str, object]:
+    """The JSON schema in ``path`` (a usage error if it cannot be read or is not an object)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            schema = json.load(file)
+    except (OSError, ValueError) as exc:
+        sub.error(f"argument --schema: cannot read a JSON schema from {path}: {exc}")
+    if not isinstance(schema, dict):
+        sub.error(f"argument --schema: {path} holds no JSON object")
+    return schema
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+
+
+def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
+    """Model options that cannot work are usage errors before the model loads: a device name
+    that is not one, too many crops, a dtype or attention the device cannot run. Whether a GPU
+    is there at all is not a usage error (exit 1, as when loading)."""
+    from ..processing.processor import MAX_NUM_CROPS
+
+    if not _DEVICE.fullmatch(args.device):
+        sub.error(f"argument --device: unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
+    if args.num_crops is not None and args.num_crops > MAX_NUM_CROPS:
+        sub.error(f"argument --num-crops: must be at most {MAX_NUM_CROPS}, got {args.num_crops}")
+    if args.dtype == "auto" and args.attn == "auto":
+        return  # nothing to check against the device: no need to import torch
+    from ..devices import choose_attn_implementation, choose_device, choose_dtype
+    from ..errors import DeviceError
+
+    device, _ = choose_device(args.device)
+    try:
+        dtype, _ = choose_dtype(args.dtype, device)
+        choose_attn_implementation(args.attn, device, dtype)
+    except DeviceError as exc:
+        sub.error(str(exc))
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -282,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     debug = False
+    notices = _show_library_notices()
     try:
         args = parser.parse_args(argv)
         debug = bool(args.debug)
@@ -305,3 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Phi3VisionError, OSError) as exc:
         report(exc, debug)
         return EXIT_ERROR
+    finally:
+        logging.getLogger("phi3vision").removeHandler(notices)
+
+
+def _show_library_notices() -> logging.Handler:
+    """Show the library's log lines (such as a download's size and destination) on stderr in
+    the CLI's ``phi3vision: ...`` form while one ``main`` runs; ``main`` removes the handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phi3vision: %(message)s"))
+    logging.getLogger("phi3vision").addHandler(handler)
+    return handler

@@ -22,6 +22,7 @@ from .common import (
     print_json,
     print_stream,
     report,
+    report_run,
 )
 
 HELP = (
@@ -96,6 +97,7 @@ def run_chat(args: argparse.Namespace) -> int:
             except Phi3VisionError as exc:
                 report(exc, debug_flag(args))
                 continue
+            report_run(args, result, vm.info.device)
             conversation = prompt.assistant(strip_chat_markers(result.text))
             pending = []
     return 0

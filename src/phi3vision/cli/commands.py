@@ -1,4 +1,4 @@
-"""describe, ocr, compare and ask: one model call per answer, text streamed or JSON lines.
+"""describe, ocr, compare, ask and extract: one model call per answer, text streamed or JSON lines.
 
 Text mode streams (``VisionModel.stream``) so that a person sees the answer as it is made; JSON
 mode calls the task helpers so that each line is the helper's own result type
@@ -8,7 +8,7 @@ mode calls the task helpers so that each line is the helper's own result type
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import Phi3VisionError
 from .common import (
@@ -19,7 +19,11 @@ from .common import (
     print_json,
     print_stream,
     report,
+    report_run,
 )
+
+if TYPE_CHECKING:
+    from ..results import Generation
 
 
 def run_describe(args: argparse.Namespace) -> int:
@@ -52,7 +56,10 @@ def _one_per_image(args: argparse.Namespace, task: Literal["describe", "ocr"]) -
                     )
                     print_json(result)
                 else:
-                    print_stream(vm.stream(Prompt().user(instruction, images=[source]), options=args.options))
+                    result = print_stream(
+                        vm.stream(Prompt().user(instruction, images=[source]), options=args.options)
+                    )
+                report_run(args, result, vm.info.device)
             except Phi3VisionError as exc:
                 failures += 1
                 if args.json:
@@ -66,11 +73,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
     sources = [source for _, source in image_inputs(args.images)]
     with load_model(args) as vm:
+        result: Generation
         if args.json:
-            print_json(vm.compare(*sources, options=args.options))
+            result = vm.compare(*sources, options=args.options)
+            print_json(result)
         else:
             prompt = Prompt().user(vm.task_prompts.compare, images=sources)
-            print_stream(vm.stream(prompt, options=args.options))
+            result = print_stream(vm.stream(prompt, options=args.options))
+        report_run(args, result, vm.info.device)
     return 0
 
 
@@ -81,8 +91,30 @@ def run_ask(args: argparse.Namespace) -> int:
     # Checked before loading: the library would raise the same PromptError, only later.
     prompt = Prompt(system=args.system).user(args.question, images=sources)
     with load_model(args) as vm:
+        result: Generation
         if args.json:
-            print_json(vm.ask(args.question, sources, system=args.system, options=args.options))
+            result = vm.ask(args.question, sources, system=args.system, options=args.options)
+            print_json(result)
         else:
-            print_stream(vm.stream(prompt, options=args.options))
+            result = print_stream(vm.stream(prompt, options=args.options))
+        report_run(args, result, vm.info.device)
     return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """One JSON object per image on stdout, constrained by the schema. A failing image prints
+    ``null`` (line N stays image N's), is reported on stderr, and the others still run; exit 1."""
+    import json
+
+    schema = args.options.json_schema
+    failures = 0
+    with load_model(args) as vm:
+        for _label, source in image_inputs(args.images):
+            try:
+                result = vm.extract_result(source, schema, options=args.options)
+                print(json.dumps(result.value, ensure_ascii=False), flush=True)
+            except Phi3VisionError as exc:
+                failures += 1
+                print("null", flush=True)
+                report(exc, debug_flag(args))
+    return 1 if failures else 0

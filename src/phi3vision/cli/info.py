@@ -2,7 +2,9 @@
 
 This is the first thing to run (and to paste into a bug report) when a model is slow or does
 not load: it shows the versions that matter and the device, dtype and attention the library
-would pick here, with the reason for each.
+would pick here, with the reason for each. With ``--model`` it also shows the memory plan of
+that checkpoint (from its config alone: nothing is loaded) for ``--device``, ``--dtype``,
+``--quantization`` and ``--num-crops``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,65 @@ def _version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory-plan options of ``phi3vision info``."""
+    from ..devices import DTYPES
+    from ..quantization import SCHEMES
+
+    group = parser.add_argument_group("memory plan (with --model; nothing is loaded)")
+    group.add_argument("--model", metavar="ID_OR_DIR", help="Hub model id or local checkpoint folder")
+    group.add_argument("--revision", help="Hub branch, tag or commit to pin")
+    group.add_argument(
+        "--device", default="auto", help="auto (default: what auto picks here), cpu, cuda, mps"
+    )
+    group.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: auto")
+    group.add_argument("--quantization", choices=SCHEMES, help="int8, int4 or nf4 (default: none)")
+    group.add_argument("--num-crops", type=int, metavar="N", help="default: the checkpoint's")
+    group.add_argument("--num-images", type=int, default=1, metavar="N", help="images per call (default 1)")
+
+
+def collect_memory(args: argparse.Namespace, auto_device: str) -> dict[str, Any]:
+    """The memory plan of ``args.model`` with the memory available (CPU only), JSON-ready."""
+    from ..memory import available_bytes, plan_memory
+
+    device = auto_device if args.device == "auto" else args.device
+    plan = plan_memory(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        num_images=args.num_images,
+        num_crops=args.num_crops,
+        revision=args.revision,
+    )
+    return {
+        "model": args.model,
+        **plan.model_dump(),
+        "available_bytes": available_bytes(device.split(":")[0]),
+    }
+
+
+def format_memory(memory: dict[str, Any]) -> str:
+    def gib(value: float) -> str:
+        return f"{value / 2**30:.2f} GiB"
+
+    images = f"{memory['num_images']} image(s) at num_crops {memory['num_crops']}"
+    tokens = memory["prompt_tokens"] + memory["max_new_tokens"]
+    available = memory["available_bytes"]
+    return "\n".join(
+        [
+            f"memory plan    {memory['model']} on {memory['device']}, {memory['dtype']}, "
+            f"quantization {memory['quantization'] or 'none'}",
+            f"  weights      {gib(memory['weights_bytes'])}",
+            f"  KV cache     {memory['kv_cache_bytes_per_token'] / 2**10:.0f} KiB per token; "
+            f"{gib(memory['kv_cache_bytes'])} at {tokens} tokens",
+            f"  activations  {gib(memory['activation_peak_bytes'])} peak ({images})",
+            f"  total        {gib(memory['total_bytes'])}"
+            + (f" (available now: {gib(available)})" if available is not None else ""),
+        ]
+    )
 
 
 def collect_info() -> dict[str, Any]:
@@ -114,5 +175,8 @@ def format_info(data: dict[str, Any]) -> str:
 
 def run_info(args: argparse.Namespace) -> int:
     data = collect_info()
-    print(json.dumps(data) if args.json else format_info(data))
+    if args.model is not None:
+        data["memory"] = collect_memory(args, data["auto"]["device"]["value"])
+    text = format_info(data) + ("\n" + format_memory(data["memory"]) if "memory" in data else "")
+    print(json.dumps(data) if args.json else text)
     return 0

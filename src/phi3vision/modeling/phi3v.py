@@ -9,6 +9,7 @@ Pure torch: no I/O, no device policy.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,12 @@ from transformers import Phi3ForCausalLM
 
 from .config import Phi3VConfigs
 from .image_embedding import ImageEmbedding
+
+# transformers renamed the KV-cache argument ``past_key_values`` to ``cache`` (5.2x, the old name
+# warns on every call and goes in 5.40): pass it under the name the installed version takes.
+_CACHE_ARGUMENT = (
+    "cache" if "cache" in inspect.signature(Phi3ForCausalLM.forward).parameters else "past_key_values"
+)
 
 
 class Phi3VForCausalLM(nn.Module):
@@ -81,7 +88,7 @@ class Phi3VForCausalLM(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{_CACHE_ARGUMENT: past_key_values},
         )

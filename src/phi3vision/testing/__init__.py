@@ -19,6 +19,7 @@ _EXPORTS = {
     "FakeVisionModel": "fake",
     "FakeGenerationStream": "fake",
     "FakeNotSupportedError": "fake",
+    "ScriptedAnswerError": "fake",
     "FakeCall": "script",
     "ImageRecord": "script",
     "TASK_NAMES": "script",
@@ -34,6 +35,7 @@ __all__ = [
     "FakeNotSupportedError",
     "FakeVisionModel",
     "ImageRecord",
+    "ScriptedAnswerError",
     "tiny_checkpoint",
 ]
 
@@ -53,5 +55,5 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .checkpoint import TINY_SIZES, tiny_checkpoint
-    from .fake import FakeGenerationStream, FakeNotSupportedError, FakeVisionModel
+    from .fake import FakeGenerationStream, FakeNotSupportedError, FakeVisionModel, ScriptedAnswerError
     from .script import TASK_NAMES, FakeCall, ImageRecord

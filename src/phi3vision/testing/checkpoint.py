@@ -12,7 +12,9 @@ Writing one imports torch (lazily, inside the function).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -61,8 +63,11 @@ def tiny_checkpoint(
 ) -> Path:
     """Write a tiny random-weight checkpoint and return its directory.
 
-    ``path`` must be a new or empty directory; ``None`` makes a new temporary one (left for the
-    caller to remove). The same ``seed`` and sizes give byte-identical weights, so a model
+    ``path`` must be a new or empty directory. With ``None``, the checkpoint is written once
+    into a directory under the system's temporary folder shared by every call with the same
+    arguments (and the same phi3vision code), and later calls return it at once: treat it as
+    read-only, and pass a ``path`` for a copy of your own. The same ``seed`` and sizes give
+    byte-identical weights, so a model
     loaded from them gives the same greedy tokens every time. ``shards > 1`` writes
     ``model-0000N-of-0000M.safetensors`` files and ``model.safetensors.index.json`` like the
     real repository. ``dtype`` is the storage type (the real checkpoints store bfloat16).
@@ -76,12 +81,41 @@ def tiny_checkpoint(
     if dtype not in ("bfloat16", "float32"):
         raise OptionsError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
     _check_directory(path)
+    if path is None:
+        return _shared_checkpoint(chosen, seed, shards, dtype)
+    return _write_checkpoint(Path(path).expanduser(), chosen, seed, shards, dtype)
+
+
+def _shared_checkpoint(
+    sizes: dict[str, int], seed: int, shards: int, dtype: Literal["bfloat16", "float32"]
+) -> Path:
+    """The shared directory for these arguments, written on first use. It is written beside
+    and renamed into place, so a directory that exists is complete, even with several
+    processes at once; the key covers this module's code, so a change of layout gets a new one."""
+    arguments = json.dumps({"sizes": sizes, "seed": seed, "shards": shards, "dtype": dtype}, sort_keys=True)
+    key = hashlib.sha256(arguments.encode() + Path(__file__).read_bytes()).hexdigest()[:16]
+    directory = Path(tempfile.gettempdir()) / f"phi3vision-tiny-{key}"
+    if directory.is_dir():
+        return directory
+    staging = Path(tempfile.mkdtemp(prefix=f"{directory.name}.partial-", dir=directory.parent))
+    try:
+        _write_checkpoint(staging, sizes, seed, shards, dtype)
+        staging.rename(directory)
+    except OSError:
+        if not directory.is_dir():  # not merely another process finishing first
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _write_checkpoint(
+    directory: Path, chosen: dict[str, int], seed: int, shards: int, dtype: Literal["bfloat16", "float32"]
+) -> Path:
     config = tiny_config(chosen, seed, dtype)
     tensors = random_weights(config, seed, dtype)
     if shards > len(tensors):
         raise OptionsError(f"shards must be at most the number of weights ({len(tensors)}), got {shards}")
-
-    directory = Path(tempfile.mkdtemp(prefix="phi3vision-tiny-")) if path is None else Path(path).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     _write_json(directory / "config.json", config)
     _write_json(directory / "preprocessor_config.json", tiny_preprocessor_config(chosen["num_crops"]))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 from pydantic import BaseModel
 from tokenizers import Tokenizer
 
+from ..constraints import answer_problem, constraint_of, require_backend
 from ..errors import ContextLengthError, ModelClosedError, OptionsError, Phi3VisionError
 from ..images import ImagePolicy, describe_source, image_fingerprint, load_images
 from ..limits import RequestLimits, check_model_options
@@ -60,6 +61,12 @@ DEFAULT_NUM_CROPS = 16
 
 class FakeNotSupportedError(Phi3VisionError, NotImplementedError):
     """The fake model cannot do this (it has no weights); use the ``tiny_vision_model`` fixture."""
+
+
+class ScriptedAnswerError(AssertionError):
+    """A scripted answer breaks the call's constraint (``json_schema``, ``regex``, ``choices``):
+    the real model could not have produced it, so the test is wrong. Not a ``Phi3VisionError``,
+    so that no code under test handles it as a model error."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -366,6 +373,7 @@ class FakeVisionModel(TaskMixin):
         with self._lock:
             self._calls.append(call)
             response = self._script.answer(call)
+        _check_constrained_answer(call, response)
         text, token_ids, finish = self._complete(response, call.options)
         preprocess_s = time.perf_counter() - started
         completion = len(token_ids)
@@ -440,7 +448,7 @@ class FakeVisionModel(TaskMixin):
     ) -> Generation:
         """Like ``VisionModel.generate``, answered from the script."""
         started = time.perf_counter()
-        resolved = resolve_options(options, option_fields)
+        resolved = _resolve_options(options, option_fields)
         call = self._begin("generate", prompt, images, num_crops, resolved)
         return self._answer(call, started)
 
@@ -455,7 +463,7 @@ class FakeVisionModel(TaskMixin):
     ) -> FakeGenerationStream:
         """Like ``VisionModel.stream``: inputs are checked now, text comes word by word."""
         started = time.perf_counter()
-        resolved = resolve_options(options, option_fields)
+        resolved = _resolve_options(options, option_fields)
         call = self._begin("stream", prompt, images, num_crops, resolved)
         return FakeGenerationStream(self._answer(call, started))
 
@@ -473,7 +481,7 @@ class FakeVisionModel(TaskMixin):
         self._check_open()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionsError(f"batch_size must be a positive int, got {batch_size!r}")
-        resolved = resolve_options(options, option_fields)
+        resolved = _resolve_options(options, option_fields)
         results: list[Generation] = []
         for index, item in enumerate(prompts):
             started = time.perf_counter()
@@ -540,9 +548,38 @@ def _reasons(device: str, dtype: str, attn_implementation: str) -> dict[str, str
     }
 
 
+def _resolve_options(
+    options: GenerationOptions | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> GenerationOptions:
+    """``resolve_options``, and the real model's error for a constraint without the backend."""
+    resolved = resolve_options(options, overrides)
+    if constraint_of(resolved) is not None:
+        require_backend("constrained decoding (json_schema, regex, choices)")
+    return resolved
+
+
+def _check_constrained_answer(call: FakeCall, response: str) -> None:
+    """A constrained call's scripted answer must satisfy the constraint, as the real model's would."""
+    constraint = constraint_of(call.options)
+    if constraint is None:
+        return
+    problem = answer_problem(constraint, response)
+    if problem is not None:
+        raise ScriptedAnswerError(
+            f"the scripted answer to this {call.name} call breaks its constraint ({constraint.describe()}), "
+            f"so the real model could never give it: {problem}"
+        )
+
+
 def _text_ids(tokenizer: PromptTokenizer, text: str) -> list[int]:
     """Token ids of generated text: no start-of-sequence token, special tokens recognised."""
     return list(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-__all__ = ["FakeGenerationStream", "FakeNotSupportedError", "FakeVisionModel", "packaged_tokenizer"]
+__all__ = [
+    "FakeGenerationStream",
+    "FakeNotSupportedError",
+    "FakeVisionModel",
+    "ScriptedAnswerError",
+    "packaged_tokenizer",
+]

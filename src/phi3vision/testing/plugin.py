@@ -1,7 +1,8 @@
 """pytest fixtures for code that uses phi3vision (registered through the ``pytest11`` entry point).
 
 - ``fake_vision_model``: a fresh ``FakeVisionModel`` per test (no torch, milliseconds).
-- ``tiny_vision_checkpoint``: the directory of a ``tiny_checkpoint()``, written once per session.
+- ``tiny_vision_checkpoint``: the directory of a ``tiny_checkpoint()``, written once per session
+  and removed when the session ends.
 - ``tiny_vision_model``: that checkpoint loaded once per session on the CPU in float32: the
   real engine with random weights, for tests that must run the actual model code. It is
   shared by every test of the session, so do not close it.
@@ -34,11 +35,15 @@ def fake_vision_model() -> Iterator[FakeVisionModel]:
 
 
 @pytest.fixture(scope="session")
-def tiny_vision_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight checkpoint in the real layout (default ``tiny_checkpoint`` sizes, seed 0)."""
+def tiny_vision_checkpoint() -> Iterator[Path]:
+    """A random-weight checkpoint in the real layout (default ``tiny_checkpoint`` sizes, seed 0),
+    in a directory of the session's own (a test may change its files), removed at the end."""
+    import tempfile
+
     from .checkpoint import tiny_checkpoint
 
-    return tiny_checkpoint(tmp_path_factory.mktemp("phi3vision-tiny"), seed=0)
+    with tempfile.TemporaryDirectory(prefix="phi3vision-tiny-session-") as directory:
+        yield tiny_checkpoint(Path(directory) / "checkpoint", seed=0)
 
 
 @pytest.fixture(scope="session")

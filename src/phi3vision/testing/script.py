@@ -10,7 +10,8 @@ A test scripts answers in one of four ways, tried in this order for every call:
    ``None`` passes the call on;
 4. the default: ``default=`` if set, else a text that describes the call
    ("fake answer to describe with 1 image(s)"), or for ``extract`` a placeholder object that
-   validates against the schema.
+   validates against the schema; a call with ``choices`` gets the first choice and one with a
+   ``json_schema`` a placeholder object (script a ``regex`` call's answer yourself).
 
 A response is a ``str``, a ``dict`` or pydantic model (sent as JSON, for ``extract``), or an
 exception instance (raised by the call, to test error handling). Queue items and route values
@@ -186,6 +187,13 @@ def default_answer(call: FakeCall) -> Response:
         placeholder = placeholder_object(call.schema)
         if placeholder is not None:
             return placeholder
+    if call.options.choices:
+        return call.options.choices[0]
+    schema = call.options.json_schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return placeholder_object(schema) or "{}"
+    if isinstance(schema, Mapping):
+        return json.dumps(_placeholder(schema, schema.get("$defs", {}), "answer"), ensure_ascii=False)
     return f"fake answer to {call.name} with {len(call.images)} image(s)"
 
 
@@ -243,4 +251,4 @@ def _placeholder(schema: Mapping[str, Any], defs: Mapping[str, Any], name: str, 
         return "2000-01-01"
     if schema.get("format") == "date-time":
         return "2000-01-01T00:00:00Z"
-    return f"fake {name}"
+    return f"fake {name}"[: schema.get("maxLength")]

@@ -1,32 +1,13 @@
-"""``phi3vision.jobs`` from Python: inputs, manifests, the output file and the summary."""
+"""``phi3vision.jobs.items``: folders, glob patterns and manifests become ``BatchItem``s."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from phi3vision import OptionsError, VisionModel
-from phi3vision.jobs import (
-    BatchItem,
-    BatchJob,
-    BatchSummary,
-    check_output,
-    collect_items,
-    read_manifest,
-    run_batch,
-)
-
-from ..conftest import GOLDEN_CHECKPOINT
-from .conftest import IMAGES, read_jsonl
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[VisionModel]:
-    with VisionModel.from_pretrained(GOLDEN_CHECKPOINT, device="cpu", dtype="float32", num_crops=1) as vm:
-        yield vm
+from phi3vision import OptionsError
+from phi3vision.jobs import BatchItem, collect_items, read_manifest
 
 
 def test_folder_items_are_sorted_and_filtered(tmp_path: Path) -> None:
@@ -111,83 +92,3 @@ def test_csv_manifest_with_bom_and_quoted_commas(tmp_path: Path) -> None:
     a, b = read_manifest(manifest)
     assert a.question == "Red, or blue?" and b.question is None
     assert a.origin.endswith("line 2") and b.origin.endswith("line 3")
-
-
-def test_check_output(tmp_path: Path) -> None:
-    out = tmp_path / "o.jsonl"
-    check_output(out)  # a new file is fine
-    out.write_text("x\n")
-    with pytest.raises(OptionsError, match="already exists"):
-        check_output(out)
-    check_output(out, resume=True)
-    check_output(out, overwrite=True)
-    with pytest.raises(OptionsError, match="does not exist"):
-        check_output(tmp_path / "missing" / "o.jsonl")
-    with pytest.raises(OptionsError, match="exclude each other"):
-        check_output(out, resume=True, overwrite=True)
-
-
-def test_summary_text_and_status() -> None:
-    summary = BatchSummary(
-        output="o.jsonl", task="ocr", total=10, done=6, failed=1, skipped=2, elapsed_s=3.5, interrupted=True
-    )
-    assert summary.remaining == 1 and not summary.ok
-    assert summary.items_per_second == pytest.approx(2.0)
-    assert summary.describe() == (
-        "interrupted: 10 items, 6 done, 1 failed, 2 skipped, 1 not run in 3.5 s (2.00 items/s) -> o.jsonl"
-    )
-
-
-def test_run_batch_from_python(model: VisionModel, tmp_path: Path) -> None:
-    shutil.copy(IMAGES / "tiny.png", tmp_path / "a.png")
-    shutil.copy(IMAGES / "tiny.png", tmp_path / "b.png")  # same content, another key
-    items = collect_items(tmp_path)
-    out = tmp_path / "out" / "r.jsonl"
-    out.parent.mkdir()
-    summary = run_batch(
-        model,
-        "ask",
-        items,
-        out,
-        question="What?",
-        batch_size=2,
-        options={"max_new_tokens": 4},
-        progress=False,
-    )
-    assert summary.ok and (summary.done, summary.failed, summary.skipped) == (2, 0, 0)
-    first, second = read_jsonl(out)
-    assert first["text"] == second["text"]  # identical images, greedy
-    assert first["fingerprint"] != second["fingerprint"]  # but two items, each resumable on its own
-    expected = model.ask("What?", str(tmp_path / "a.png"), max_new_tokens=4)
-    assert first["text"] == expected.text
-
-
-def test_fingerprint_follows_content_and_settings(model: VisionModel, tmp_path: Path) -> None:
-    image = tmp_path / "a.png"
-    shutil.copy(IMAGES / "tiny.png", image)
-    [item] = collect_items(image)
-    out = tmp_path / "r.jsonl"
-
-    def fingerprint(task: str = "describe", **options: int) -> str:
-        job = BatchJob(model, task, [item], out, question="Q?", options=options)  # type: ignore[arg-type]
-        return job.fingerprint(item)
-
-    base = fingerprint()
-    assert fingerprint() == base
-    assert fingerprint(max_new_tokens=5) != base
-    assert fingerprint("ocr") != base
-    shutil.copy(IMAGES / "gray.png", image)
-    assert fingerprint() != base
-
-
-def test_job_argument_errors(model: VisionModel, tmp_path: Path) -> None:
-    item = BatchItem(key="a", image="a.png", source="a.png")
-    out = tmp_path / "r.jsonl"
-    with pytest.raises(OptionsError, match="unknown task"):
-        BatchJob(model, "caption", [item], out)  # type: ignore[arg-type]
-    with pytest.raises(OptionsError, match="needs a question"):
-        BatchJob(model, "ask", [item], out)
-    with pytest.raises(OptionsError, match="batch_size"):
-        BatchJob(model, "describe", [item], out, batch_size=0)
-    with pytest.raises(OptionsError, match="invalid generation options"):
-        BatchJob(model, "describe", [item], out, options={"max_new_tokens": 0})
