@@ -6,22 +6,24 @@ the limits of one prompt as a whole.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from .errors import ContextLengthError, OptionsError, PromptError
+from .options import CheckedModel
 
 if TYPE_CHECKING:
     from .images import ImagePolicy
     from .prepared import PreparedPrompt
 
 
-class RequestLimits(BaseModel):
+class RequestLimits(CheckedModel):
     """What one prompt may ask for. ``None`` means no limit beyond the model's context.
     Types are strict: ``True`` and ``"4"`` are not numbers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    options_name: ClassVar[str] = "request limits"
 
     max_images: int = Field(32, ge=1, description="Images in one prompt")
     max_image_tokens: int | None = Field(

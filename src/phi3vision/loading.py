@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, HubUnavailableError
+from .modeling.config import check_preprocessor
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +238,7 @@ def open_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Ch
     """Find and check a checkpoint's files (weights are only listed, not read)."""
     directory = resolve_directory(name_or_path, revision)
     config = _read_json(directory / "config.json")
-    preprocessor = _read_json(directory / "preprocessor_config.json")
+    preprocessor = check_preprocessor(_read_json(directory / "preprocessor_config.json"))
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"checkpoint file missing: {tokenizer_file}")

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CheckpointError, OptionsError
 from .loading import _read_json, default_model
-from .modeling.config import CLIP_VIT_L14_336
+from .modeling.config import CLIP_VIT_L14_336, check_text_fields
 from .quantization import INT4_GROUP_SIZE, NF4_BLOCK_SIZE, QUANTIZE_LM_HEAD, check_quantization
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -72,6 +72,7 @@ class MemoryPlan(BaseModel):
 def _sizes(config: Mapping[str, Any]) -> dict[str, int]:
     """The sizes the formulas need, from a Phi-3-vision config.json (CLIP ViT-L/14-336 unless
     the config states its own ``vision_config``)."""
+    check_text_fields(dict(config))  # a damaged size is a CheckpointError naming its field
     vision = {**CLIP_VIT_L14_336, **(config.get("vision_config") or {})}
     try:
         hidden = int(config["hidden_size"])

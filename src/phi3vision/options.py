@@ -9,7 +9,7 @@ sequence (list or tuple) of strings and token ids is taken.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,7 +24,21 @@ DEFAULT_SAMPLING_TEMPERATURE = 1.0
 """The temperature of ``do_sample=True`` given without a temperature (as in transformers)."""
 
 
-class GenerationOptions(BaseModel):
+class CheckedModel(BaseModel):
+    """Base of the library's option objects (GenerationOptions, ImagePolicy, RequestLimits):
+    building one with a bad field raises :class:`OptionsError` (a ``ValueError``) listing
+    every problem, instead of pydantic's ``ValidationError``."""
+
+    options_name: ClassVar[str] = "options"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise options_error(exc, self.options_name) from exc
+
+
+class GenerationOptions(CheckedModel):
     """How to generate. Every task helper, ``generate``, ``stream`` and ``generate_batch``
     take these fields as keyword arguments, or a whole ``options=GenerationOptions(...)``.
 
@@ -45,6 +59,7 @@ class GenerationOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    options_name: ClassVar[str] = "generation options"
 
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=131072)
     do_sample: bool | None = Field(None, description="None: sample exactly when temperature > 0")
@@ -75,6 +90,8 @@ class GenerationOptions(BaseModel):
             if isinstance(item, str):
                 if not item:
                     raise ValueError("stop strings must not be empty")
+                if not _is_text(item):
+                    raise ValueError("stop strings must be valid text (no lone surrogates)")
             elif isinstance(item, int) and not isinstance(item, bool):
                 if not 0 <= item <= MAX_TOKEN_ID:
                     raise ValueError(f"stop token ids must be from 0 to {MAX_TOKEN_ID}, got {item}")
@@ -117,6 +134,14 @@ class GenerationOptions(BaseModel):
 
         check_constraint_options(self)
         return self
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def options_error(exc: ValidationError, what: str) -> OptionsError:

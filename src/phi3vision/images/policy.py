@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..errors import OptionsError
+from ..options import CheckedModel
 
 DEFAULT_FORMATS: tuple[str, ...] = (
     "JPEG",
@@ -29,7 +30,7 @@ runs Ghostscript on untrusted data. Formats not installed here (HEIF needs pillo
 skipped. Set ``ImagePolicy(allowed_formats=None)`` to accept everything Pillow can open."""
 
 
-class ImagePolicy(BaseModel):
+class ImagePolicy(CheckedModel):
     """Limits applied to every image input.
 
     The defaults suit local use (a person loading their own files and URLs). A service that
@@ -42,6 +43,7 @@ class ImagePolicy(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    options_name: ClassVar[str] = "image policy"
 
     max_pixels: int = Field(default=64_000_000, gt=0)
     """Largest width * height accepted, checked from the file header before any pixel data is
@@ -119,18 +121,9 @@ DEFAULT_POLICY = ImagePolicy()
 
 
 def make_policy(**options: Any) -> ImagePolicy:
-    """Build an :class:`ImagePolicy`, reporting bad values as :class:`OptionsError`.
-
-    Plain ``ImagePolicy(...)`` raises pydantic's ``ValidationError``; library entry points that
-    take policy options from users go through here so that callers only need to catch the
-    library's own exceptions.
-    """
-    from ..options import options_error
-
-    try:
-        return ImagePolicy(**options)
-    except ValidationError as exc:
-        raise options_error(exc, "image policy") from exc
+    """Build an :class:`ImagePolicy`; bad values are an :class:`OptionsError`, as they are for
+    ``ImagePolicy(...)`` itself (kept for code written when only this function did that)."""
+    return ImagePolicy(**options)
 
 
 def check_policy(value: object) -> ImagePolicy | None:

@@ -147,7 +147,10 @@ def describe_source(source: object) -> str:
         path: Any = source
         return shorten(os.fsdecode(os.fspath(path)))
     if kind == "bytes":
-        return f"bytes ({memoryview(source).nbytes} bytes)"  # type: ignore[arg-type]
+        try:
+            return f"bytes ({memoryview(source).nbytes} bytes)"  # type: ignore[arg-type]
+        except ValueError:  # a released memoryview
+            return "bytes (released buffer)"
     if kind == "pil":
         image: Any = source
         return f"PIL image ({image.mode}, {image.width}x{image.height})"

@@ -107,14 +107,14 @@ def _is_positive_number(value: object) -> bool:
     return number and math.isfinite(value) and value > 0  # type: ignore[arg-type,operator]
 
 
-def _token_id(raw: dict[str, Any], field: str, vocab_size: int) -> None:
-    value = raw.get(field)
+def _token_id(raw: dict[str, Any], field: str, vocab_size: int, default: int | None = None) -> None:
+    value = raw.get(field, default)
     values = value if isinstance(value, list) else [value]
     for item in values:
         if item is None and not isinstance(value, list):
             continue
         if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < vocab_size:
-            raise _fail(field, f"must be a token id from 0 to {vocab_size - 1}, got {value!r:.60}")
+            raise _fail(field, f"must be a token id below vocab_size ({vocab_size}), got {value!r:.60}")
 
 
 def check_text_fields(raw: dict[str, Any]) -> int:
@@ -134,8 +134,9 @@ def check_text_fields(raw: dict[str, Any]) -> int:
         _number(raw, field)
     for field in ("initializer_range", "attention_dropout", "embd_pdrop", "resid_pdrop"):
         _number(raw, field, positive=False)
-    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for field in ("bos_token_id", "eos_token_id"):
         _token_id(raw, field, sizes["vocab_size"])
+    _token_id(raw, "pad_token_id", sizes["vocab_size"], default=32000)  # Phi3Config's default
     window = raw.get("sliding_window")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise _fail("sliding_window", f"must be null or an integer >= 1, got {window!r:.60}")
@@ -303,3 +304,25 @@ def _build(what: str, config_class: Any, kwargs: dict[str, Any]) -> Any:
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300]
         raise CheckpointError(f"config.json: {what} is not valid ({type(exc).__name__}: {reason})") from exc
+
+
+def check_preprocessor(raw: dict[str, Any]) -> dict[str, Any]:
+    """``preprocessor_config.json``, checked: ``num_crops`` an int from 1 to 64 and
+    ``image_mean``/``image_std`` three finite numbers (the deviations above 0), when given."""
+    crops = raw.get("num_crops", 16)
+    if isinstance(crops, bool) or not isinstance(crops, int) or not 1 <= crops <= 64:
+        raise CheckpointError(
+            f"preprocessor_config.json: num_crops must be an integer from 1 to 64, got {crops!r:.60}"
+        )
+    for field in ("image_mean", "image_std"):
+        values = raw.get(field, [0.5, 0.5, 0.5])
+        finite = isinstance(values, list) and len(values) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not finite or (field == "image_std" and not all(_is_positive_number(v) for v in values)):
+            raise CheckpointError(
+                f"preprocessor_config.json: {field} must be three finite numbers"
+                + (" above 0" if field == "image_std" else "")
+                + f", got {values!r:.60}"
+            )
+    return raw
