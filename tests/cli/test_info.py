@@ -37,5 +37,8 @@ def test_info_text_names_versions_and_choices(cli: Callable[..., Run]) -> None:
         assert label in run.out
 
 
-def test_info_takes_no_model_options(cli: Callable[..., Run]) -> None:
-    assert cli("info", "--model", "x").code == 2
+def test_info_takes_no_generation_options(cli: Callable[..., Run]) -> None:
+    # --model, --device, --dtype, --num-crops are its memory-plan options; these are not.
+    assert cli("info", "--attn", "eager").code == 2
+    assert cli("info", "--max-new-tokens", "4").code == 2
+    assert cli("info", "--device", "gpu").code == 2  # an impossible value is a usage error here too

@@ -329,7 +329,8 @@ def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser)
         sub.error(f"argument --device: unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
     if args.num_crops is not None and args.num_crops > MAX_NUM_CROPS:
         sub.error(f"argument --num-crops: must be at most {MAX_NUM_CROPS}, got {args.num_crops}")
-    if args.dtype == "auto" and args.attn == "auto":
+    attn = getattr(args, "attn", "auto")  # info has --device and --dtype only
+    if args.dtype == "auto" and attn == "auto":
         return  # nothing to check against the device: no need to import torch
     from ..devices import choose_attn_implementation, choose_device, choose_dtype
     from ..errors import DeviceError
@@ -337,7 +338,7 @@ def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser)
     device, _ = choose_device(args.device)
     try:
         dtype, _ = choose_dtype(args.dtype, device)
-        choose_attn_implementation(args.attn, device, dtype)
+        choose_attn_implementation(attn, device, dtype)
     except DeviceError as exc:
         sub.error(str(exc))
 

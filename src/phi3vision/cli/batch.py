@@ -71,9 +71,9 @@ def _model_or_executor(args: argparse.Namespace) -> VisionModel | RayExecutor:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from ..model import VisionModel
     from ..errors import OptionsError
     from ..jobs import BatchJob, BatchSettings, batch_settings, check_output, collect_items
+    from ..model import VisionModel
 
     # The command's options carry the settings' names, so the mapping cannot drift.
     try:
