@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -138,7 +139,7 @@ def test_bytes_rows_ask_per_row_questions_and_resume(
     rows = first.take_all()
     assert [row["key"] for row in rows] == local
     assert [row["input"] for row in rows] == [
-        {"image": None, "question": f"What is in {Path(s).name}?"} for s in local
+        {"image": s, "question": f"What is in {Path(s).name}?"} for s in local
     ]
     assert [row["question"] for row in rows] == [row["input"]["question"] for row in rows]
     assert [row["status"] for row in rows] == ["done", "failed", "done"]
@@ -225,3 +226,18 @@ def test_ray_options_need_the_ray_executor(tmp_path: Path, capsys: pytest.Captur
     args = ["batch", "describe", str(IMAGES / "tiny.png"), "--out", str(tmp_path / "o.jsonl")]
     assert main([*args, "--ray-address", "127.0.0.1:6379"]) == 2
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
+
+
+def test_without_ray_one_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from phi3vision.cli import main
+    from phi3vision.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'phi3vision\[ray\]'"):
+        map_images(object(), model=GOLDEN_CHECKPOINT)  # type: ignore[arg-type]
+    out = str(tmp_path / "o.jsonl")
+    assert main(["batch", "describe", str(IMAGES / "tiny.png"), "--out", out, "--executor", "ray"]) == 1
+    assert "pip install 'phi3vision[ray]'" in capsys.readouterr().err

@@ -111,7 +111,9 @@ def task_instruction(task: str, question: str | None, prompts: TaskPrompts) -> s
 
 class VisionPredictor:
     """A callable class for ``Dataset.map_batches``: loads one ``VisionModel`` when the actor
-    starts and runs ``task`` on each batch with ``generate_batch``.
+    starts and runs ``task`` on each batch with ``generate_batch``. A batch is a mapping of
+    column names to equally long sequences (numpy arrays or lists) and so is the result, which
+    makes it usable from Dask, Spark or plain Python as well (see docs/scaling.md).
 
     ``column`` names the image column (default: the first of ``IMAGE_COLUMNS`` present);
     ``key`` the column that names each row in the output (default: ``key``, ``path`` or
@@ -123,7 +125,7 @@ class VisionPredictor:
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
         *,
         task: str = "describe",
         column: str | None = None,
@@ -147,7 +149,8 @@ class VisionPredictor:
         load = load_kwargs(
             device=device, dtype=dtype, quantization=quantization, num_crops=num_crops, extra=load_options
         )
-        self.model: VisionModel = VisionModel.from_pretrained(os.fspath(model), **load)
+        name = None if model is None else os.fspath(model)  # None: PHI3VISION_MODEL or the default
+        self.model: VisionModel = VisionModel.from_pretrained(name, **load)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
         names = list(batch)

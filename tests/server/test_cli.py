@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from phi3vision.cli import build_parser, main
-from phi3vision.errors import Phi3VisionError
+from phi3vision.errors import MissingExtraError
 from phi3vision.server import require_server_extra
 
 from ..conftest import GOLDEN_CHECKPOINT
@@ -35,7 +35,7 @@ def test_a_missing_server_extra_is_one_clear_error(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
     )
-    with pytest.raises(Phi3VisionError, match=r"pip install 'phi3vision\[server\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'phi3vision\[server\]'"):
         require_server_extra()
     assert main(["serve", "--model", "unused"]) == 1
     assert capsys.readouterr().err.strip() == (
