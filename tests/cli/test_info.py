@@ -39,6 +39,8 @@ def test_info_text_names_versions_and_choices(cli: Callable[..., Run]) -> None:
 
 def test_info_takes_no_generation_options(cli: Callable[..., Run]) -> None:
     assert cli("info", "--max-new-tokens", "3").code == 2
+    assert cli("info", "--attn", "eager").code == 2
+    assert cli("info", "--device", "gpu").code == 2  # an impossible value is a usage error here too
 
 
 def test_info_with_a_model_shows_its_memory_plan(cli: Callable[..., Run]) -> None:
