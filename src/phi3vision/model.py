@@ -40,6 +40,12 @@ class ModelState(str, Enum):
     LOADED = "loaded"
     CLOSED = "closed"
 
+    def __str__(self) -> str:  # "loaded", as the state was a plain string before
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
 
 class ModelInfo(BaseModel):
     """What was loaded and what was chosen (with the reason for each "auto" choice)."""

@@ -94,6 +94,7 @@ def test_the_fake_is_a_vision_model() -> None:
     fake = FakeVisionModel()
     assert isinstance(fake, VisionModel)
     assert type(fake.stream("Hi")).__name__ == "GenerationStream"
+    assert (fake.state, f"{fake.state}", str(fake.state)) == ("loaded", "loaded", "loaded")
 
 
 def test_one_name_per_task_with_the_old_spellings_as_aliases() -> None:

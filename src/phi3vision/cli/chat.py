@@ -30,7 +30,6 @@ HELP = (
     "/quit (or end of input) leaves; start a message with // to send one that begins with /"
 )
 
-
 def _read_line(interactive: bool) -> str | None:
     """The next message, or None at end of input. ``input()`` gives line editing on a
     terminal; a pipe is read directly so that nothing but answers reaches stdout."""
