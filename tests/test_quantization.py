@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from phi3vision import OptionsError, VisionModel
+from phi3vision.errors import MissingExtraError
 from phi3vision.quantization import check_quantization, is_quantization_target, require_library
 
 needs_torchao = pytest.mark.skipif(
@@ -50,7 +51,7 @@ def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a)
     )
     with pytest.raises(
-        OptionsError, match=r"needs torchao, which is not installed: pip install 'phi3vision\[quant\]'"
+        MissingExtraError, match=r"needs torchao, which is not installed: pip install 'phi3vision\[quant\]'"
     ):
         require_library("int8")
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from .errors import OptionsError
+from .errors import MissingExtraError, OptionsError
 
 if TYPE_CHECKING:
     import torch
@@ -80,10 +80,12 @@ def check_quantization(scheme: str | None, device_type: str, dtype: str) -> str 
 
 
 def require_library(scheme: str) -> None:
-    """Raise one clear ``OptionsError`` naming the extra when the scheme's library is missing."""
+    """Raise one ``MissingExtraError`` naming the extra when the scheme's library is missing."""
     library = _LIBRARY[scheme]
     if importlib.util.find_spec(library) is None:
-        raise OptionsError(f"quantization={scheme!r} needs {library}, which is not installed: {INSTALL_HINT}")
+        raise MissingExtraError(
+            f"quantization={scheme!r} needs {library}, which is not installed: {INSTALL_HINT}"
+        )
 
 
 def is_quantization_target(name: str, module: nn.Module) -> bool:

@@ -20,7 +20,7 @@ from .harness import DEFAULT_NUM_CROPS, MODEL_SIZES, Bench, Settings
 from .measure import RssMeter, machine_info, size_text
 from .memory import probe
 from .report import render_markdown
-from .sections import SECTION_FUNCTIONS, SECTIONS
+from .sections import ALL_SECTIONS, SECTION_FUNCTIONS, SECTIONS
 
 DEFAULT_IMAGE_SIZES = "336x336,1024x768,1920x1080,4000x3000"
 DEFAULT_CROPS = "1,4,16"
@@ -53,10 +53,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def parse_sections(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in chosen if name not in SECTIONS]
+    unknown = [name for name in chosen if name not in ALL_SECTIONS]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    return [name for name in SECTIONS if name in chosen]
+        choices = ", ".join(ALL_SECTIONS)
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {choices}")
+    return [name for name in ALL_SECTIONS if name in chosen]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=sorted(MODEL_SIZES),
         default="tiny",
-        help="random-weight model size: tiny, mid (minutes on a small CPU) or full (the real 4.2B shapes)",
+        help="random-weight model size: tiny, mid (minutes on a small CPU), wide (the real language-model "
+        "width, 2 layers: the quant section) or full (the real 4.2B shapes)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
@@ -110,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"num_crops values of the preprocessing section (default {DEFAULT_CROPS})",
     )
     parser.add_argument(
-        "--sections", type=parse_sections, default=list(SECTIONS), help=f"a subset of: {','.join(SECTIONS)}"
+        "--sections",
+        type=parse_sections,
+        default=list(SECTIONS),
+        help=f"a subset of: {','.join(ALL_SECTIONS)} (default: all but quant)",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the compile=True section")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's choice)")

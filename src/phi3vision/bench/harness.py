@@ -30,6 +30,12 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
         "vision_heads": 6,
         "vision_intermediate_size": 768,
     },
+    "wide": {  # the real language-model width, 2 layers, a tiny vision tower (the quant section)
+        "hidden_size": 3072,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 32,
+        "intermediate_size": 8192,
+    },
     "full": {  # tests/reference/phi-3-vision-128k-instruct/config.json and CLIP ViT-L/14-336
         "hidden_size": 3072,
         "num_hidden_layers": 32,
@@ -45,7 +51,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 about a second while keeping the real shapes' proportions (vocabulary, 4x MLP ratio of CLIP)."""
 
 
-DEFAULT_NUM_CROPS = {"tiny": 4, "mid": 4, "full": 16}
+DEFAULT_NUM_CROPS = {"tiny": 4, "mid": 4, "wide": 4, "full": 16}
 """num_crops of the model sections for each size; a real checkpoint (``--model``) uses 16."""
 
 

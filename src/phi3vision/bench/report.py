@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sections import SECTION_RENDERERS, SECTION_TITLES, SECTIONS
+from .sections import ALL_SECTIONS, SECTION_RENDERERS, SECTION_TITLES
 from .tables import mib, num, table
 
 
@@ -42,7 +42,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ],
         ),
     ]
-    for name in SECTIONS:
+    for name in ALL_SECTIONS:
         if name not in sections:
             continue
         body = sections[name]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import batches, chat, compiled, decoding, loading, memory, preprocess, vision
+from . import batches, chat, compiled, decoding, loading, memory, preprocess, quant, vision
 from .harness import Bench, Section
 
 ALL: tuple[Section, ...] = (
@@ -24,9 +24,14 @@ ALL: tuple[Section, ...] = (
     loading.SECTION,
 )
 
-SECTIONS: tuple[str, ...] = tuple(section.name for section in ALL)
-"""Every section's name, in the order they run."""
+OPT_IN: tuple[Section, ...] = (quant.SECTION,)
+"""Sections that run only when ``--sections`` names them (quant loads three models per run)."""
 
-SECTION_TITLES: dict[str, str] = {section.name: section.title for section in ALL}
-SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {s.name: s.measure for s in ALL}
-SECTION_RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {s.name: s.render for s in ALL}
+SECTIONS: tuple[str, ...] = tuple(section.name for section in ALL)
+"""Every default section's name, in the order they run."""
+ALL_SECTIONS: tuple[str, ...] = (*SECTIONS, *(section.name for section in OPT_IN))
+"""What ``--sections`` accepts."""
+
+SECTION_TITLES: dict[str, str] = {section.name: section.title for section in (*ALL, *OPT_IN)}
+SECTION_FUNCTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {s.name: s.measure for s in (*ALL, *OPT_IN)}
+SECTION_RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {s.name: s.render for s in (*ALL, *OPT_IN)}

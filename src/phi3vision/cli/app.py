@@ -334,7 +334,7 @@ def _prepare(args: argparse.Namespace) -> None:
             args.options = resolve_options(None, fields)
         except OptionsError as exc:
             sub.error(str(exc))
-    if hasattr(args, "device"):
+    if hasattr(args, "attn"):  # the commands that load a model (info's --device only plans)
         _check_model_options(args, sub)
     if args.command == "ask" and not args.question.strip():
         sub.error("-q/--question must not be empty")
