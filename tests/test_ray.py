@@ -164,8 +164,11 @@ def test_settings_that_would_hang_or_are_wrong_fail_on_the_driver(local_ray: Any
         map_images(ds, model=GOLDEN_CHECKPOINT, load_options={"devic": "cpu"})
     with pytest.raises(OptionsError, match="max_new_tokens"):
         map_images(ds, model=GOLDEN_CHECKPOINT, max_new_tokens=0)
-    with pytest.raises(OptionsError, match="unknown task"):
-        map_images(ds, task="caption", model=GOLDEN_CHECKPOINT)
+    for task in ("caption", "extract"):
+        with pytest.raises(
+            OptionsError, match=rf"map_images runs the tasks describe, ocr, ask, not '{task}'"
+        ):
+            map_images(ds, task=task, model=GOLDEN_CHECKPOINT)
     with pytest.raises(OptionsError, match="whole number"):
         map_images(ds, model=GOLDEN_CHECKPOINT, num_gpus=1.5)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import MissingExtraError, OptionsError, Phi3VisionError
-from .jobs import TASKS, BatchItem, JobExecutor, batch_settings, result_row
+from .jobs import BatchItem, JobExecutor, batch_settings, result_row
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt
 from .results import Generation
@@ -71,6 +71,10 @@ ROW_FIELDS = (
 
 _KEY_COLUMNS = ("key", "path", "url")
 
+MAP_TASKS = ("describe", "ocr", "ask")
+"""The tasks ``map_images`` runs. The batch job's ``extract`` runs on Ray through
+``phi3vision batch extract --executor ray``, which validates the objects on the driver."""
+
 DEFAULT_NUM_CPUS = 0.5
 """CPUs reserved per actor when ``num_cpus`` is not given. A fraction on purpose: actors hold
 their CPUs for the whole job, and Ray Data's read tasks need CPUs too; on 2 CPUs, 2 actors at
@@ -94,15 +98,12 @@ def task_instruction(task: str, question: str | None, prompts: TaskPrompts) -> s
     The one place that maps a task name to a prompt here, so that it can follow the task
     registry when there is one.
     """
+    _check_task(task)
     if task == "ask":
         if question is None:
             raise OptionsError("the ask task needs a question: give question= or a 'question' column")
         return question
-    if task == "describe":
-        return prompts.describe
-    if task == "ocr":
-        return prompts.extract_text
-    raise OptionsError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+    return prompts.describe if task == "describe" else prompts.extract_text
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ class VisionPredictor:
     ) -> None:
         from .model import VisionModel
 
+        _check_task(task)
         self.settings = batch_settings(task, question=question, batch_size=batch_size, options=options)
         self.column = column
         self.key = key
@@ -245,6 +247,11 @@ def _key_column(names: Sequence[str], column: str, sample: Any) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Checks done on the driver, before any actor starts
+
+
+def _check_task(task: str) -> None:
+    if task not in MAP_TASKS:
+        raise OptionsError(f"map_images runs the tasks {', '.join(MAP_TASKS)}, not {task!r}")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -417,6 +424,7 @@ def map_images(
     from .loading import default_model
 
     ray = _ray()
+    _check_task(task)
     generation = resolve_options(None, options).model_dump(mode="json", exclude_unset=True)
     batch_settings(task, question=question, batch_size=batch_size, options=generation)
     load_kwargs(  # checked here so that a misspelt option fails once, not in every actor
