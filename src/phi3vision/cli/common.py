@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 _REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.IGNORECASE)
 
 
-def load_model(args: argparse.Namespace) -> VisionModel:
-    """The model named by the common options. A note goes to stderr on a terminal only, so
-    that scripts reading stderr see nothing but errors."""
+def load_model(args: argparse.Namespace, **settings: Any) -> VisionModel:
+    """The model named by the common options (``settings``: more ``from_pretrained`` keywords).
+    A note goes to stderr on a terminal only, so that scripts reading stderr see nothing but
+    errors."""
     from ..loading import default_model
     from ..model import VisionModel
 
@@ -44,6 +45,7 @@ def load_model(args: argparse.Namespace) -> VisionModel:
         num_crops=args.num_crops,
         revision=args.revision,
         quantization=args.quantization,
+        **settings,
     )
     if verbose(args):
         info = vm.info
