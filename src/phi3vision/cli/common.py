@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from ..results import Generation
 
 
-def load_model(args: argparse.Namespace) -> VisionModel:
-    """The model named by the common options. A note goes to stderr on a terminal only, so
-    that scripts reading stderr see nothing but errors."""
+def load_model(args: argparse.Namespace, **settings: Any) -> VisionModel:
+    """The model named by the common options (``settings``: more ``LoadOptions`` fields, such as
+    the server's image policy and limits). A note goes to stderr on a terminal only, so that
+    scripts reading stderr see nothing but errors."""
     from ..load_options import LoadOptions
     from ..loading import default_model
     from ..model import VisionModel
@@ -41,6 +42,7 @@ def load_model(args: argparse.Namespace) -> VisionModel:
         num_crops=args.num_crops,
         revision=args.revision,
         quantization=args.quantization,
+        **settings,
     )
     vm = VisionModel.load(name, options)
     if verbose(args):

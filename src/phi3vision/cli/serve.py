@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable
 
 from ..errors import OptionsError
@@ -106,9 +105,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ..loading import default_model
-    from ..model import VisionModel
     from ..server.app import create_app
     from ..server.config import ServerSettings
+    from .common import load_model
 
     name = args.model or default_model()
     try:
@@ -133,17 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
     log.setLevel(args.log_level.upper())
     if settings.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
-    print(f"phi3vision: loading {name} ...", file=sys.stderr, flush=True)
-    with VisionModel.from_pretrained(
-        name,
-        device=args.device,
-        dtype=args.dtype,
-        attn_implementation=args.attn,
-        num_crops=args.num_crops,
-        revision=args.revision,
-        image_policy=settings.image_policy(),
-        limits=settings.request_limits(),
-    ) as model:
+    with load_model(args, image_policy=settings.image_policy(), limits=settings.request_limits()) as model:
         config = uvicorn.Config(
             create_app(model, settings),
             host=args.host,
