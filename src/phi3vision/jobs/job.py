@@ -395,7 +395,8 @@ def _options_key(options: GenerationOptions) -> dict[str, Any]:
     """The options as they enter the fingerprint. The constraint fields are left out when unset,
     so that files written before they existed still resume."""
     constraint = constraint_of(options)
-    key: dict[str, Any] = {"options": options.model_dump(mode="json", exclude=set(CONSTRAINT_FIELDS))}
+    unset: set[str] = set(CONSTRAINT_FIELDS)
+    key: dict[str, Any] = {"options": options.model_dump(mode="json", exclude=unset)}
     if constraint is not None:
         key["constraint"] = [constraint.kind, constraint.text]
     return key
