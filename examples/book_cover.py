@@ -1,15 +1,15 @@
 """Scenario 2 of the Phi-3 Cookbook: read a book cover's title and author (OCR), as text and
 as a typed object.
 
-    python examples/book_cover.py                           # the cookbook's cover, from the web
-    python examples/book_cover.py examples/images/book_cover.png
+    python examples/book_cover.py                   # examples/images/book_cover.png
+    python examples/book_cover.py --cookbook-urls   # the cookbook's cover, from the web
 """
 
 from __future__ import annotations
 
 import sys
 
-from _common import parser
+from _common import images, parser, run
 from pydantic import BaseModel
 
 from phi3vision import OutputParseError, VisionModel
@@ -26,8 +26,8 @@ class BookInfo(BaseModel):
 
 
 def main() -> int:
-    args = parser(__doc__ or "", [COVER_URL]).parse_args()
-    cover = args.images[0]
+    args = parser(__doc__ or "").parse_args()
+    cover = images(args, ["book_cover.png"], [COVER_URL])[0]
     with VisionModel.from_pretrained(args.model, num_crops=args.num_crops) as vm:
         answer = vm.ask(
             "Help me get the title and author information of this book?",
@@ -45,4 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -1,12 +1,13 @@
 """Scenario 3 of the Phi-3 Cookbook: what is the difference between two photos?
 
-python examples/compare_photos.py                        # the cookbook's photos, from the web
-python examples/compare_photos.py examples/images/team_trophies.jpg examples/images/team_celebrating.webp
+    python examples/compare_photos.py                   # the two photos in examples/images
+    python examples/compare_photos.py --cookbook-urls   # the cookbook's photos, from the web
+    python examples/compare_photos.py before.jpg after.jpg
 """
 
 from __future__ import annotations
 
-from _common import parser
+from _common import images, parser, run
 
 from phi3vision import Prompt, VisionModel
 
@@ -20,19 +21,21 @@ COOKBOOK_PROMPT = (
 )
 
 
-def main() -> None:
-    args = parser(__doc__ or "", PHOTOS).parse_args()
+def main() -> int:
+    args = parser(__doc__ or "").parse_args()
+    photos = images(args, ["team_trophies.jpg", "team_celebrating.webp"], PHOTOS)[:2]
     # The model card suggests num_crops=4 for several images.
     num_crops = args.num_crops or 4
     with VisionModel.from_pretrained(args.model, num_crops=num_crops) as vm:
         result = vm.generate(
-            Prompt.from_text(COOKBOOK_PROMPT, args.images[:2]), max_new_tokens=args.max_new_tokens
+            Prompt.from_text(COOKBOOK_PROMPT, photos), max_new_tokens=args.max_new_tokens
         )
         print(result.text)
         # The same with the task helper and its own prompt:
-        comparison = vm.compare(*args.images[:2], max_new_tokens=args.max_new_tokens)
+        comparison = vm.compare(*photos, max_new_tokens=args.max_new_tokens)
         print(comparison.model_dump_json(indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,11 +25,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-WIDE_SIZES = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32}
+WIDE_SIZES: dict[str, Any] = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32}
 """The real language model's width (tests/reference config); the layers are set by ``--layers``."""
 
 PROMPT_TEXT = (
@@ -106,10 +106,10 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
     }
 
 
-def _run_probe(path: Path, variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
+def _run_probe(path: Path, variant: Variant, num_crops: int, new_tokens: int) -> dict[str, Any]:
     dtype, quantization = variant
     command = [sys.executable, "-m", "phi3vision.bench_quant", "--probe", str(path)]
-    command += ["--dtype", dtype, "--num-crops", str(args.num_crops), "--new-tokens", str(args.new_tokens)]
+    command += ["--dtype", dtype, "--num-crops", str(num_crops), "--new-tokens", str(new_tokens)]
     if quantization is not None:
         command += ["--quantization", quantization]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -131,17 +131,18 @@ def _name(variant: Variant) -> str:
     return f"{dtype} + {quantization}" if quantization else dtype
 
 
-def measure(path: Path, args: argparse.Namespace, log: Any = None) -> dict[str, Any]:
-    """Every variant, ``args.runs`` fresh processes each, interleaved so that a change in the
-    machine's load hits every variant alike; ratios are against the first (float32)."""
+def measure(
+    path: Path, runs_per_variant: int, num_crops: int, new_tokens: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every variant, ``runs_per_variant`` fresh processes each, interleaved so that a change in
+    the machine's load hits every variant alike; ratios are against the first (float32)."""
     variants = list(VARIANTS)
-    _run_probe(path, variants[0], args)  # warm-up: the page cache
+    _run_probe(path, variants[0], num_crops, new_tokens)  # warm-up: the page cache
     runs: dict[Variant, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    for run in range(args.runs):
+    for run in range(runs_per_variant):
         for variant in variants:
-            if log is not None:
-                log(f"quant probe {_name(variant)} run {run + 1}/{args.runs}")
-            runs[variant].append(_run_probe(path, variant, args))
+            log(f"quant probe {_name(variant)} run {run + 1}/{runs_per_variant}")
+            runs[variant].append(_run_probe(path, variant, num_crops, new_tokens))
     base = variants[0]
     reference = runs[base][0]["top1"]
 
@@ -171,7 +172,14 @@ def measure(path: Path, args: argparse.Namespace, log: Any = None) -> dict[str, 
             "prompt_positions": len(reference),
             "image_prompt_tokens": runs[variant][0]["prompt_tokens"],
         }
-    return {"runs": args.runs, "num_crops": args.num_crops, "targets": TARGETS, "variants": rows}
+    return {"runs": runs_per_variant, "num_crops": num_crops, "targets": TARGETS, "variants": rows}
+
+
+def section_quant(bench: Any) -> dict[str, Any]:
+    """The ``quant`` section of ``python -m phi3vision.bench`` (use ``--size wide``): the same
+    measurements on the bench's checkpoint, with its ``--runs``, num_crops and max_new_tokens."""
+    s = bench.settings
+    return measure(Path(s.checkpoint), s.runs, s.num_crops, s.max_new_tokens, bench.log)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -218,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(probe(args.probe, args.quantization, args.dtype, args.num_crops, args.new_tokens)))
         return 0
     if args.model is not None:
-        result = measure(args.model, args, _log)
+        result = measure(args.model, args.runs, args.num_crops, args.new_tokens, _log)
     else:
         from .testing.checkpoint import tiny_checkpoint
 
@@ -227,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = tiny_checkpoint(
                 Path(temporary) / "checkpoint", num_hidden_layers=args.layers, **WIDE_SIZES
             )
-            result = measure(path, args, _log)
+            result = measure(path, args.runs, args.num_crops, args.new_tokens, _log)
     print(render(result))
     print(json.dumps(result), flush=True)
     return 0

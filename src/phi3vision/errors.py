@@ -13,7 +13,8 @@ The tree::
     ├── DeviceError                 a device, dtype or attention implementation cannot be used
     │   └── OutOfMemoryError        the accelerator ran out of memory during a call
     ├── ModelClosedError            the VisionModel was closed and cannot be used any more
-    └── OutputParseError            the model's answer could not be parsed into the asked schema
+    ├── OutputParseError            the model's answer could not be parsed into the asked schema
+    └── MissingExtraError           an optional part needs an extra: pip install 'phi3vision[NAME]'
 
 Input errors (image, prompt, options) also derive from ``ValueError`` so that code written
 against plain Python conventions keeps working. Every message says what was wrong and, where
@@ -29,6 +30,7 @@ __all__ = [
     "HubUnavailableError",
     "ImageError",
     "ImageTooLargeError",
+    "MissingExtraError",
     "ModelClosedError",
     "OptionsError",
     "OutOfMemoryError",
@@ -87,3 +89,8 @@ class HubUnavailableError(CheckpointError):
     """A Hub checkpoint is not in the local cache and cannot be downloaded: the Hub did not
     answer in time (or not at all), or offline mode (``HF_HUB_OFFLINE=1``) forbids it. The
     message names the ways out: a local checkpoint directory, or offline mode."""
+
+
+class MissingExtraError(Phi3VisionError, ImportError):
+    """An optional capability is used but its extra is not installed; the message names the
+    ``pip install 'phi3vision[NAME]'`` command. Also an ``ImportError``."""

@@ -309,8 +309,12 @@ def build_empty_model(raw_config: dict[str, Any], attn_implementation: str) -> P
     from .modeling.phi3v import Phi3VForCausalLM
 
     configs = build_configs(raw_config, attn_implementation=attn_implementation)
-    with init_empty_weights(include_buffers=False):
-        model = Phi3VForCausalLM(configs)
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = Phi3VForCausalLM(configs)
+    except Exception as exc:  # a value build_configs passed on that a module cannot take
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"config.json: the model cannot be built from it ({reason})") from exc
     return model
 
 
@@ -457,7 +461,11 @@ def load_weights(
                 del raw
                 setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
                 del tensor
-                if scheme and not any(p.is_meta for p in owner.parameters()):
+                if (
+                    scheme
+                    and isinstance(owner, torch.nn.Linear)
+                    and not any(p.is_meta for p in owner.parameters())
+                ):
                     parent_name, _, child = owner_name.rpartition(".")
                     replacement = quantize_linear(owner, scheme, device, dtype)
                     setattr(model.get_submodule(parent_name), child, replacement)

@@ -201,8 +201,8 @@ def read_config(name_or_path: str | Path | None = None, revision: str | None = N
     directory = Path(name).expanduser()
     if directory.is_dir():
         config = _read_json(directory / "config.json")
-        preprocessor = directory / "preprocessor_config.json"
-        crops = _read_json(preprocessor).get("num_crops", 16) if preprocessor.is_file() else 16
+        preprocessor_file = directory / "preprocessor_config.json"
+        crops = _read_json(preprocessor_file).get("num_crops", 16) if preprocessor_file.is_file() else 16
         return {**config, "num_crops": crops}
     try:
         from huggingface_hub import hf_hub_download

@@ -9,7 +9,7 @@ import torch
 
 from phi3vision.devices import choose_attn_implementation, choose_device, choose_dtype
 
-from .conftest import Run
+from .conftest import GOLDEN_CHECKPOINT, Run
 
 
 def test_info_json_matches_the_auto_choices(cli: Callable[..., Run]) -> None:
@@ -37,5 +37,25 @@ def test_info_text_names_versions_and_choices(cli: Callable[..., Run]) -> None:
         assert label in run.out
 
 
-def test_info_takes_no_model_options(cli: Callable[..., Run]) -> None:
-    assert cli("info", "--model", "x").code == 2
+def test_info_takes_no_generation_options(cli: Callable[..., Run]) -> None:
+    assert cli("info", "--max-new-tokens", "3").code == 2
+
+
+def test_info_with_a_model_shows_its_memory_plan(cli: Callable[..., Run]) -> None:
+    from phi3vision.memory import plan_memory
+
+    args = ["--model", str(GOLDEN_CHECKPOINT), "--device", "cpu", "--dtype", "float32"]
+    run = cli("info", "--json", *args, "--quantization", "int8", "--num-crops", "4")
+    assert run.code == 0
+    memory = json.loads(run.out)["memory"]
+    plan = plan_memory(GOLDEN_CHECKPOINT, device="cpu", dtype="float32", quantization="int8", num_crops=4)
+    assert {k: memory[k] for k in plan.model_dump()} == plan.model_dump()
+    assert memory["available_bytes"] > 0
+    text = cli("info", *args)
+    assert text.code == 0
+    assert "memory plan" in text.out and "quantization none" in text.out and "KV cache" in text.out
+
+
+def test_info_refuses_an_impossible_plan(cli: Callable[..., Run]) -> None:
+    run = cli("info", "--model", str(GOLDEN_CHECKPOINT), "--device", "cpu", "--quantization", "nf4")
+    assert run.code != 0 and "runs on cuda, not cpu" in run.err

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 
 import pytest
 
 from phi3vision.cli import build_parser, main
-from phi3vision.errors import Phi3VisionError
+from phi3vision.errors import MissingExtraError
 from phi3vision.server import require_server_extra
+
+from ..conftest import GOLDEN_CHECKPOINT
 
 
 def test_serve_options_have_safe_defaults(monkeypatch: pytest.MonkeyPatch):
@@ -32,9 +35,21 @@ def test_a_missing_server_extra_is_one_clear_error(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
     )
-    with pytest.raises(Phi3VisionError, match=r"pip install 'phi3vision\[server\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'phi3vision\[server\]'"):
         require_server_extra()
     assert main(["serve", "--model", "unused"]) == 1
     assert capsys.readouterr().err.strip() == (
         "phi3vision: error: the server needs uvicorn: pip install 'phi3vision[server]'"
     )
+
+
+def test_a_taken_port_is_an_error(capsys: pytest.CaptureFixture[str]):
+    pytest.importorskip("uvicorn", reason="the server extra is not installed")
+    pytest.importorskip("fastapi", reason="the server extra is not installed")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", str(GOLDEN_CHECKPOINT), "--device", "cpu", "--port", str(port)])
+    assert code == 1
+    assert f"phi3vision: error: the server could not listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -261,6 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
+    scale = batch_parser.add_argument_group("scaling out (pip install 'phi3vision[ray]')")
+    scale.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the model runs: in this process (default) or in Ray actors; the output is the same",
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="the Ray cluster to use (default: RAY_ADDRESS, or a local Ray)"
+    )
+    scale.add_argument(
+        "--ray-actors", type=_positive_int, default=1, metavar="N", help="model replicas (default: 1)"
+    )
+    scale.add_argument(
+        "--ray-gpus",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per replica; 0.5 puts two on a card (default: 0)",
+    )
+    scale.add_argument(
+        "--ray-cpus",
+        type=_non_negative_float,
+        default=None,
+        metavar="C",
+        help="CPUs per replica (default: 0.5, which leaves CPUs for reading the images)",
+    )
     batch_parser.set_defaults(handler=batch.run_batch_command)
 
     serve_parser = add(
@@ -283,9 +310,7 @@ def _prepare(args: argparse.Namespace) -> None:
         fields: dict[str, object] = {}
         if args.max_new_tokens is not None:
             fields["max_new_tokens"] = args.max_new_tokens
-        if args.temperature > 0:
-            fields["do_sample"] = True
-            fields["temperature"] = args.temperature
+        fields["temperature"] = args.temperature  # 0 is greedy, above 0 samples (GenerationOptions)
         if args.top_p is not None:
             fields["top_p"] = args.top_p
         if args.seed is not None:

@@ -16,8 +16,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .common import load_model, note, peak_memory, verbose
+
+if TYPE_CHECKING:
+    from ..model import VisionModel
+    from ..ray import RayExecutor
 
 _MAX_LISTED_FAILURES = 10
 
@@ -44,9 +49,32 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _model_or_executor(args: argparse.Namespace) -> VisionModel | RayExecutor:
+    """The model loaded here, or, with ``--executor ray``, Ray actors that each load it."""
+    if args.executor == "local":
+        if args.ray_address is not None:
+            args.parser.error("--ray-address needs --executor ray")
+        return load_model(args)
+    from ..ray import RayExecutor
+
+    return RayExecutor(
+        args.model,
+        address=args.ray_address,
+        device=args.device,
+        dtype=args.dtype,
+        num_crops=args.num_crops,
+        quantization=args.quantization,
+        load_options={"attn_implementation": args.attn, "revision": args.revision},
+        concurrency=args.ray_actors,
+        num_gpus=args.ray_gpus,
+        num_cpus=args.ray_cpus,
+    )
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     from ..errors import OptionsError
     from ..jobs import BatchJob, BatchSettings, batch_settings, check_output, collect_items
+    from ..model import VisionModel
 
     # The command's options carry the settings' names, so the mapping cannot drift.
     try:
@@ -60,9 +88,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
             f"ask needs -q QUESTION or a 'question' for every item; {missing.key} ({missing.origin}) has none"
         )
     check_output(args.out, resume=settings.resume, overwrite=settings.overwrite)
-    with load_model(args) as vm:
-        device = vm.info.device
-        job = BatchJob.from_settings(vm, settings, items, args.out)
+    with _model_or_executor(args) as model:
+        # Peak memory is this process's; with Ray the model runs in the actors' processes.
+        device = model.info.device if isinstance(model, VisionModel) else None
+        job = BatchJob.from_settings(model, settings, items, args.out)
         try:
             with _sigterm_interrupts():
                 summary = job.run()
@@ -75,6 +104,6 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if len(job.failures) > _MAX_LISTED_FAILURES:
         note(f"phi3vision: ... and {len(job.failures) - _MAX_LISTED_FAILURES} more failures (see {args.out})")
     note(f"phi3vision: {summary.describe()}")
-    if verbose(args):
+    if verbose(args) and device is not None:
         note(f"phi3vision: {peak_memory(device)}")
     return 0 if summary.ok else 1

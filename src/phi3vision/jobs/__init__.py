@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .config import TASKS, BatchKeywords, BatchSettings, Task, batch_settings
 from .items import IMAGE_EXTENSIONS, MANIFEST_SUFFIXES, BatchItem, collect_items, find_images, read_manifest
-from .job import BatchJob, BatchSummary, failed_result, result_row, run_batch
+from .job import BatchJob, BatchSummary, JobExecutor, failed_result, result_row, run_batch
 from .results_file import check_output
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "BatchKeywords",
     "BatchSettings",
     "BatchSummary",
+    "JobExecutor",
     "Task",
     "batch_settings",
     "check_output",

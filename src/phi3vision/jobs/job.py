@@ -11,7 +11,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,10 @@ if TYPE_CHECKING:
 
     from ..model import VisionModel
     from ..options import GenerationOptions
+    from ..tasks import TaskPrompts
     from .config import BatchKeywords
 
-__all__ = ["BatchJob", "BatchSummary", "failed_result", "result_row", "run_batch"]
+__all__ = ["BatchJob", "BatchSummary", "JobExecutor", "failed_result", "result_row", "run_batch"]
 
 _RECORD_VERSION = 1
 """Bumped when the fingerprint recipe changes, so that an old file is not resumed wrongly."""
@@ -134,6 +136,24 @@ def content_digest(source: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+class JobExecutor(ABC):
+    """Runs a job's generation outside this process (``phi3vision.ray.RayExecutor``), in the
+    model's place: ``BatchJob(executor, ...)`` plans, fingerprints and writes the output here as
+    with a loaded model, taking ``task_prompts`` for its prompts and ``model_id``, ``revision``
+    and ``num_crops`` for its fingerprints, so that the file is the same either way."""
+
+    task_prompts: TaskPrompts
+    model_id: str
+    revision: str | None
+    num_crops: int
+
+    @abstractmethod
+    def stream(
+        self, requests: Sequence[tuple[str, str]], *, batch_size: int, options: GenerationOptions
+    ) -> Iterator[Generation]:
+        """One result per ``(instruction, image source)`` request, in order, as they finish."""
+
+
 class BatchJob:
     """Run ``task`` over ``items`` with ``model``, appending one JSON line per item to ``output``.
 
@@ -164,7 +184,7 @@ class BatchJob:
 
     def __init__(
         self,
-        model: VisionModel,
+        model: VisionModel | JobExecutor,
         task: Task,
         items: Sequence[BatchItem],
         output: str | os.PathLike[str],
@@ -189,7 +209,7 @@ class BatchJob:
     @classmethod
     def from_settings(
         cls,
-        model: VisionModel,
+        model: VisionModel | JobExecutor,
         settings: BatchSettings,
         items: Sequence[BatchItem],
         output: str | os.PathLike[str],
@@ -256,14 +276,18 @@ class BatchJob:
         return prompts.describe if self.settings.task == "describe" else prompts.extract_text
 
     def _settings_key(self) -> str:
-        ref = self.model.model_ref
+        if isinstance(self.model, JobExecutor):
+            model_id, revision, num_crops = self.model.model_id, self.model.revision, self.model.num_crops
+        else:
+            ref = self.model.model_ref
+            model_id, revision, num_crops = ref.model_id, ref.revision, self.model.processor.num_crops
         return json.dumps(
             {
                 "v": _RECORD_VERSION,
                 "task": self.settings.task,
-                "model": ref.model_id,
-                "revision": ref.revision,
-                "num_crops": self.model.processor.num_crops,
+                "model": model_id,
+                "revision": revision,
+                "num_crops": num_crops,
                 **_options_key(self.settings.options),
             },
             sort_keys=True,
@@ -338,25 +362,39 @@ class BatchJob:
         from tqdm import tqdm
 
         out.mark()
-        size = self.settings.batch_size
         disable = None if self.settings.progress is None else not self.settings.progress
         with tqdm(
             total=len(todo), desc=self.settings.task, unit="img", file=sys.stderr, disable=disable
         ) as bar:
-            for start in range(0, len(todo), size):
-                chunk = todo[start : start + size]
-                for (item, fingerprint), result in zip(chunk, self._generate(chunk), strict=True):
-                    out.append(result_row(self.settings, item, fingerprint, result))
-                    if result.finish_reason == "error":
-                        self._failed += 1  # for the progress bar; the summary recounts from the file
-                    else:
-                        self._done += 1
+            for (item, fingerprint), result in self._results(todo):
+                out.append(result_row(self.settings, item, fingerprint, result))
+                if result.finish_reason == "error":
+                    self._failed += 1  # for the progress bar; the summary recounts from the file
+                else:
+                    self._done += 1
                 self._elapsed = time.perf_counter() - started
-                bar.update(len(chunk))
+                bar.update(1)
                 if self._failed:
                     bar.set_postfix(failed=self._failed, refresh=False)
 
-    def _generate(self, chunk: Sequence[tuple[BatchItem, str]]) -> list[Generation]:
+    def _results(
+        self, todo: Sequence[tuple[BatchItem, str]]
+    ) -> Iterator[tuple[tuple[BatchItem, str], Generation]]:
+        """Each item with its result, in input order: from the executor as they finish, or
+        from the model ``batch_size`` items at a time."""
+        size = self.settings.batch_size
+        if isinstance(self.model, JobExecutor):
+            requests = [(self.instruction(item), item.source) for item, _ in todo]
+            results = self.model.stream(requests, batch_size=size, options=self.settings.options)
+            for entry, result in zip(todo, results, strict=True):
+                yield entry, self._checked(result)
+            return
+        model = self.model
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            yield from zip(chunk, self._generate(model, chunk), strict=True)
+
+    def _generate(self, model: VisionModel, chunk: Sequence[tuple[BatchItem, str]]) -> list[Generation]:
         """Results for one chunk, in order. A prompt that cannot be built (a question holding
         chat markers) fails its own item here; ``generate_batch`` fails bad images itself."""
         results: list[Generation | None] = [None] * len(chunk)
@@ -367,15 +405,14 @@ class BatchJob:
                 prompts.append(Prompt().user(self.instruction(item), images=[item.source]))
                 positions.append(position)
             except Phi3VisionError as exc:
-                results[position] = failed_result(exc, self.model.model_ref)
+                results[position] = failed_result(exc, model.model_ref)
         if prompts:
-            generated = self.model.generate_batch(
+            generated = model.generate_batch(
                 prompts, batch_size=self.settings.batch_size, options=self.settings.options
             )
             for position, result in zip(positions, generated, strict=True):
                 results[position] = self._checked(result)
         return [r if r is not None else failed_result(RuntimeError("not run"), None) for r in results]
-
 
     def _checked(self, result: Generation) -> Generation:
         """An extract answer that ran out of tokens is a failed item (``--retry-failed`` can run
@@ -387,7 +424,7 @@ class BatchJob:
                 f"the answer ran out of tokens after {result.usage.completion_tokens} before the object "
                 "was complete: raise max_new_tokens, or bound the schema (see docs/structured.md)"
             ),
-            self.model.model_ref,
+            result.model,
         )
 
 
@@ -395,15 +432,14 @@ def _options_key(options: GenerationOptions) -> dict[str, Any]:
     """The options as they enter the fingerprint. The constraint fields are left out when unset,
     so that files written before they existed still resume."""
     constraint = constraint_of(options)
-    unset: set[str] = set(CONSTRAINT_FIELDS)
-    key: dict[str, Any] = {"options": options.model_dump(mode="json", exclude=unset)}
+    key: dict[str, Any] = {"options": options.model_dump(mode="json", exclude=set[str](CONSTRAINT_FIELDS))}
     if constraint is not None:
         key["constraint"] = [constraint.kind, constraint.text]
     return key
 
 
 def run_batch(
-    model: VisionModel,
+    model: VisionModel | JobExecutor,
     task: Task,
     items: Sequence[BatchItem],
     output: str | os.PathLike[str],

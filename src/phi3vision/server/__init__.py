@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..errors import Phi3VisionError
+from ..errors import MissingExtraError
 
 __all__ = ["require_server_extra"]
 
@@ -17,4 +17,4 @@ def require_server_extra() -> None:
     """Raise one clear error when FastAPI or uvicorn is missing."""
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
-        raise Phi3VisionError(f"the server needs {' and '.join(missing)}: pip install 'phi3vision[server]'")
+        raise MissingExtraError(f"the server needs {' and '.join(missing)}: pip install 'phi3vision[server]'")
