@@ -5,8 +5,8 @@ Measured on the machine it runs on (needs the ``grammar`` extra):
 - the backend's import time (a fresh interpreter per run);
 - compiling the tokenizer info, once per model (the vocabulary at the model's width);
 - compiling each schema of ``SCHEMAS``, once per (schema, tokenizer);
-- the mask per token: filling and applying one row's grammar mask to ``(1, 32064)`` logits and
-  advancing its matcher, in isolation, at batch 1 and batch 8;
+- the mask per decoding step: filling and applying each row's grammar mask to ``(B, 32064)``
+  random logits and advancing the matchers with a sampled token, at batch 1 and batch 8;
 - decoding on the tiny random-weight checkpoint, free and constrained, the same number of
   tokens each (a regex that cannot finish within the budget): ms per token and their ratio.
 
@@ -120,18 +120,31 @@ def run(runs: int, tokens: int) -> dict[str, Any]:
     constraint = Constraint("json_schema", json.dumps(SCHEMAS["nested (lists, enums, floats)"]))
     mask: dict[str, Any] = {}
     for batch in (1, 8):
-        logits = torch.randn(batch, width)
+        generator = torch.Generator().manual_seed(0)
+        # Fresh random logits each step, sampled: the matchers walk the grammar as a model's would.
+        steps = [torch.randn(batch, width, generator=generator) for _ in range(tokens)]
 
-        def steps(batch: int = batch, logits: torch.Tensor = logits) -> None:
+        def masked_steps(
+            batch: int = batch, steps: list[torch.Tensor] = steps, generator: torch.Generator = generator
+        ) -> float:
+            """Seconds per step spent masking and advancing (sampling is not counted)."""
             matchers = RowMatchers(grammars, constraint, batch, CONSTRAINED_STOP_TOKEN_IDS)
-            for _ in range(tokens):
-                chosen = matchers.mask(logits.clone()).argmax(dim=-1)
-                if any(matchers.done):
-                    break
+            spent, made = 0.0, 0
+            for logits in steps:
+                started = time.perf_counter()
+                masked = matchers.mask(logits.clone())
+                spent += time.perf_counter() - started
+                chosen = torch.multinomial(masked.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+                started = time.perf_counter()
                 matchers.advance(chosen)
+                spent += time.perf_counter() - started
+                made += 1
+                if all(matchers.done):
+                    break
+            return spent / made
 
-        per_token = [value / tokens for value in _timed(steps, runs)]
-        mask[f"batch {batch}"] = _summary(per_token)
+        masked_steps()  # warm-up
+        mask[f"batch {batch}"] = _summary([masked_steps() for _ in range(runs)])
     report["mask_per_token_ms"] = mask
 
     with tempfile.TemporaryDirectory() as folder:
@@ -162,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, summary in report["schema_compile_ms"].items():
         lines.append(f"| compile schema: {name} | {cell(summary)} |")
     for name, summary in report["mask_per_token_ms"].items():
-        lines.append(f"| mask + advance per token, {name} | {cell(summary)} |")
+        lines.append(f"| mask + advance per step, {name} | {cell(summary)} |")
     decode = report["decode_ms_per_token"]
     lines.append(f"| tiny model decode per token, free | {cell(decode['free'])} |")
     lines.append(f"| tiny model decode per token, constrained | {cell(decode['constrained'])} |")
@@ -175,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="measured runs per figure (default 5)")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per decoding run (default 32)")
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     report = run(max(1, args.runs), max(2, args.tokens))
     print(markdown(report))
     print(json.dumps(report))
