@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +24,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3vision import images
 from phi3vision.errors import ImageError, ImageTooLargeError, OptionsError, Phi3VisionError
 from phi3vision.images import (
     ImagePolicy,
@@ -33,6 +33,7 @@ from phi3vision.images import (
     load_images,
     make_policy,
 )
+from phi3vision.images import download as downloader
 
 GOLDEN_IMAGES = Path(__file__).parent / "golden" / "phi3v-tiny" / "images"
 
@@ -297,10 +298,10 @@ def test_golden_images_match_reference_conversion() -> None:
 
 
 def test_decompression_bomb_header_is_refused() -> None:
-    # 10^10 pixels: over Pillow's own hard limit (DecompressionBombError).
-    with pytest.raises(ImageTooLargeError, match="too large"):
+    # 10^10 pixels: over Pillow's own hard limit; the policy's limit is the one checked.
+    with pytest.raises(ImageTooLargeError, match="max_pixels=64000000"):
         load_image(png_claiming_size(100_000, 100_000))
-    # 10^8 pixels: Pillow only warns; the policy (64 M) refuses it.
+    # 10^8 pixels: over Pillow's warning limit; the policy (64 M) refuses it.
     with pytest.raises(ImageTooLargeError):
         load_image(png_claiming_size(10_000, 10_000))
     # 8 * 10^7 pixels: under Pillow's limits, over the policy's; refused before decoding
@@ -316,6 +317,31 @@ def test_policy_above_pillow_limit_is_respected() -> None:
         load_image(png_claiming_size(10_000, 10_000), ImagePolicy(max_pixels=200_000_000))
     assert not isinstance(info.value, ImageTooLargeError)
     assert "truncated" in str(info.value) or "corrupt" in str(info.value)
+
+
+def test_loading_images_keeps_python_warning_deduplication() -> None:
+    # issue 11 point 2: warnings.catch_warnings() on every load reset the registry that shows
+    # a "default" warning once per place, so other libraries' warnings repeated on every call.
+    def warn_once() -> None:
+        warnings.warn("shown once", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        filters = list(warnings.filters)
+        warn_once()
+        load_image(encode(Image.new("RGB", (4, 4))))
+        with pytest.raises(ImageTooLargeError):
+            load_image(png_claiming_size(10_000, 10_000))
+        warn_once()
+        assert warnings.filters == filters
+    assert [str(w.message) for w in caught] == ["shown once"]
+
+
+def test_images_over_pillows_limit_give_no_warning_when_the_policy_allows_them() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match=r"truncated|corrupt"):
+            load_image(png_claiming_size(10_000, 10_000), ImagePolicy(max_pixels=200_000_000))
 
 
 def test_small_max_pixels_policy() -> None:
@@ -691,18 +717,19 @@ def test_private_urls_can_be_refused(server: str) -> None:
 
 
 def test_private_redirect_target_is_refused(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend 127.0.0.1 is a public address so the first hop passes; the redirect to
-    'localhost' must still be checked and refused."""
-    real_resolve = images._resolve
+    """Pretend 127.0.0.1 is a public address so the first hop passes (when checked and when
+    connected); the redirect to 'localhost' must still be checked and refused."""
+    real_resolve = downloader._resolve
 
     def fake_resolve(host: str, port: int) -> list[str]:
-        return ["93.184.216.34"] if host == "127.0.0.1" else real_resolve(host, port)
+        return ["10.0.0.1"] if host == "localhost" else real_resolve(host, port)
 
-    monkeypatch.setattr(images, "_resolve", fake_resolve)
+    monkeypatch.setattr(downloader, "_is_public", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr(downloader, "_resolve", fake_resolve)
     strict = FAST.model_copy(update={"allow_private_urls": False})
     assert load_image(server + "/good.png", strict).size == (6, 5)
     with pytest.raises(
-        ImageError, match=r"redirect 1 to http://localhost:\d+/good\.png: .*non-public address"
+        ImageError, match=r"redirect 1 to http://localhost:\d+/good\.png: .*non-public address 10\.0\.0\.1"
     ):
         load_image(server + "/to-localhost", strict)
 
@@ -729,7 +756,7 @@ def test_private_redirect_target_is_refused(server: str, monkeypatch: pytest.Mon
     ],
 )
 def test_public_address_classification(address: str, public: bool) -> None:
-    assert images._is_public(address) is public
+    assert downloader._is_public(address) is public
 
 
 def test_url_failure_in_load_images_names_the_index(server: str) -> None:

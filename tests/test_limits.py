@@ -3,13 +3,17 @@ out-of-memory error becomes the library's error and leaves the model usable."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
+from pydantic import ValidationError
 
 from phi3vision import (
     ContextLengthError,
     ImagePolicy,
     ImageTooLargeError,
+    OptionsError,
     OutOfMemoryError,
     Prompt,
     PromptError,
@@ -90,3 +94,73 @@ def test_out_of_memory_becomes_our_error_and_the_model_stays_usable(limited_mode
     with pytest.raises(OutOfMemoryError, match=r"num_crops.*max_new_tokens.*batch_size"):
         limited_model.describe(small, num_crops=1, max_new_tokens=3)
     assert limited_model.describe(small, num_crops=1, max_new_tokens=3).token_ids == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Wrong types are refused when a model is built (issue 10 point 2)
+
+WRONG_POLICIES = [{}, "strict", 3, True, {"allow_private_urls": False}]
+WRONG_LIMITS = [{}, "4", 4, True, {"max_images": 1}]
+WRONG_CACHE_SIZES = [-1, True, False, "3", 3.0, None, 10**9]
+
+
+def _no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import phi3vision.loading
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the checkpoint was opened before the options were checked")
+
+    monkeypatch.setattr(phi3vision.loading, "open_checkpoint", fail)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"image_policy": v} for v in WRONG_POLICIES]
+    + [{"limits": v} for v in WRONG_LIMITS]
+    + [{"feature_cache_size": v} for v in WRONG_CACHE_SIZES],
+)
+def test_from_pretrained_refuses_wrong_types_before_loading(
+    options: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phi3vision import VisionModel
+    from phi3vision.testing import FakeVisionModel
+
+    _no_loading(monkeypatch)
+    name = next(iter(options))
+    with pytest.raises(OptionsError, match=name):
+        VisionModel.from_pretrained("unused", **options)  # type: ignore[arg-type]
+    with pytest.raises(OptionsError, match=name):
+        FakeVisionModel.from_pretrained("unused", **options)  # type: ignore[arg-type]
+    if name != "feature_cache_size":
+        with pytest.raises(OptionsError, match=name):
+            FakeVisionModel(**options)  # type: ignore[arg-type]
+
+
+def test_the_model_constructor_checks_too(cpu_model: Any) -> None:
+    from phi3vision import VisionModel
+
+    parts = (cpu_model.module, cpu_model.processor, cpu_model._checkpoint, cpu_model.device, cpu_model.dtype)
+    with pytest.raises(OptionsError, match="image_policy"):
+        VisionModel(*parts, "sdpa", {}, image_policy={})  # type: ignore[arg-type]
+    with pytest.raises(OptionsError, match="limits"):
+        VisionModel(*parts, "sdpa", {}, limits="4")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"max_images": True}, {"max_images": "4"}, {"max_images": 4.0}, {"max_prompt_tokens": b"9"}],
+)
+def test_request_limits_types_are_strict(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        RequestLimits(**fields)  # type: ignore[arg-type]
+
+
+def test_good_values_pass_the_checks() -> None:
+    from phi3vision.images import ImagePolicy, check_policy
+    from phi3vision.limits import check_cache_size, check_limits, check_model_options
+
+    policy, limits = ImagePolicy(), RequestLimits()
+    assert check_policy(policy) is policy and check_policy(None) is None
+    assert check_limits(limits) is limits and check_limits(None) is None
+    assert check_cache_size(0) == 0 and check_cache_size(16) == 16
+    assert check_model_options(policy, limits, 3) == (policy, limits, 3)

@@ -132,7 +132,7 @@ def test_prompt_errors_come_before_model_work(cpu_model, monkeypatch):
         raise AssertionError("model work started")
 
     monkeypatch.setattr(cpu_model, "_embed", fail)
-    with pytest.raises(PromptError, match="2 image"):
+    with pytest.raises(PromptError, match="placeholder for image 2"):
         cpu_model.generate("<|image_1|><|image_2|>", [SQUARE])
     with pytest.raises(PromptError):
         cpu_model.generate("<|image_0|>", [SQUARE])
@@ -161,9 +161,9 @@ def test_options_are_validated(cpu_model):
     assert cpu_model.generate(TEXT_PROMPT, options=options, max_new_tokens=2).usage.completion_tokens == 2
 
 
-def test_default_stop_tokens_are_end_and_endoftext(cpu_model):
+def test_default_stop_tokens_are_end_endoftext_and_eos(cpu_model):
     tokenizer = cpu_model.processor.tokenizer
-    assert stop_conditions(GenerationOptions(), tokenizer).token_ids == {32007, 32000}
+    assert stop_conditions(GenerationOptions(), tokenizer).token_ids == {32007, 32000, 2}
     assert stop_conditions(GenerationOptions(stop=[]), tokenizer).token_ids == set()
     custom = stop_conditions(GenerationOptions(stop=["<|end|>", "###", 5]), tokenizer)
     assert custom.token_ids == {32007, 5} and custom.strings == ("###",)

@@ -63,7 +63,7 @@ def test_from_text_validates_and_keeps_the_raw_text():
     prompt = Prompt.from_text(raw, ["a.png", "b.png"])
     assert prompt.render() == raw
     assert prompt.images == ["a.png", "b.png"]
-    with pytest.raises(PromptError, match="2 image placeholder"):
+    with pytest.raises(PromptError, match="placeholder for image 2 but 1 image"):
         Prompt.from_text(raw, ["a.png"])
     with pytest.raises(PromptError, match="cannot be extended"):
         prompt.user("more")
@@ -76,16 +76,42 @@ def test_from_text_validates_and_keeps_the_raw_text():
         ("<|image_-1|>", 1, "malformed"),
         ("<|image_99999999999|>", 1, "out of range"),
         ("<|image_x|>", 1, "malformed"),
-        ("<|image_1|><|image_1|>", 1, "more than once"),
+        ("<|image_01|>", 1, "without leading zeros"),
+        ("<|image_001|>", 1, "without leading zeros"),
+        ("<|image_00|>", 1, "without leading zeros"),
         ("<|image_1|><|image_3|>", 2, "without gaps"),
         ("<|image_2|>", 1, "without gaps"),
-        ("<|image_1|>", 2, "1 image placeholder.*2 image"),
-        ("no placeholder", 1, "0 image placeholder"),
+        ("<|image_1|>", 2, "placeholders for 1 image.*2 image.*no <|image_2|>"),
+        ("<|image_1|><|image_1|>", 2, "placeholders for 1 image"),
+        ("no placeholder", 1, "placeholders for 0 image"),
     ],
 )
 def test_bad_placeholders_are_prompt_errors(text, images, message):
     with pytest.raises(PromptError, match=message):
         placeholder_numbers(text, images)
+
+
+def test_a_repeated_placeholder_is_accepted_and_kept_at_each_place():
+    # issue 11 point 8: one image shown at two places of the text.
+    assert placeholder_numbers("<|image_1|> a <|image_1|>", 1) == [1, 1]
+    assert placeholder_numbers("<|image_2|><|image_1|><|image_2|>", 2) == [2, 1, 2]
+    prompt = Prompt.from_text("<|user|>\n<|image_1|>\nleft\n<|image_1|>\nright<|end|>\n", ["a.png"])
+    assert prompt.images == ["a.png"]
+
+
+def test_out_of_order_placeholders_keep_their_numbers():
+    # issue 11 point 9: image N stays at <|image_N|>, whatever the order in the text.
+    assert placeholder_numbers("<|image_2|> then <|image_1|>", 2) == [2, 1]
+
+
+def test_a_prompt_asking_for_absurdly_many_positions_is_refused_before_building_them():
+    from phi3vision import ContextLengthError
+    from phi3vision.processing.tokenization import MAX_PROMPT_POSITIONS, check_positions
+
+    numbers = [1] * 1000
+    with pytest.raises(ContextLengthError, match="1000 image placeholders"):
+        check_positions(numbers, [MAX_PROMPT_POSITIONS // 999], 10)
+    check_positions(numbers, [MAX_PROMPT_POSITIONS // 1000 - 1], 10)
 
 
 def test_resolve_prompt_accepts_a_prompt_or_text_with_images():

@@ -138,7 +138,7 @@ def run(runs: int, tokens: int) -> dict[str, Any]:
         checkpoint = tiny_checkpoint(Path(folder) / "tiny")
         with VisionModel.from_pretrained(checkpoint, device="cpu", dtype="float32") as vm:
             prompt = "<|user|>\nWrite.<|end|>\n<|assistant|>\n"
-            free = GenerationOptions(max_new_tokens=tokens, stop=[])
+            free = GenerationOptions(max_new_tokens=tokens, stop=())
             bound = GenerationOptions(max_new_tokens=tokens, regex="[a-z ]{2000}")  # never ends in budget
             decode: dict[str, Any] = {}
             for name, options in (("free", free), ("constrained", bound)):

@@ -23,7 +23,7 @@ from .errors import (
     OutOfMemoryError,
     Phi3VisionError,
 )
-from .limits import RequestLimits
+from .limits import RequestLimits, check_model_options
 from .loading import default_model
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt, batch_item, resolve_prompt
@@ -97,6 +97,7 @@ class VisionModel(TaskMixin):
         from .caches import FeatureCache
         from .generation import StaticDecoder
 
+        image_policy, limits, cache_size = check_model_options(image_policy, limits, feature_cache_size)
         self._model: Phi3VForCausalLM | None = model
         self.processor = processor
         self._checkpoint = checkpoint
@@ -110,7 +111,7 @@ class VisionModel(TaskMixin):
         self._num_parameters = sum(p.numel() for p in model.parameters())
         self._lock = threading.RLock()
         self._closed = False
-        self._feature_cache = FeatureCache(feature_cache_size)
+        self._feature_cache = FeatureCache(cache_size)
         self.reuse_prefix = reuse_prefix and not compile
         self._static = StaticDecoder(model, compile=True) if compile else None
         self._prefix: PrefixEntry | None = None
@@ -168,6 +169,7 @@ class VisionModel(TaskMixin):
         from .processing.processor import Processor, check_num_crops
         from .processing.tokenization import PromptTokenizer
 
+        check_model_options(image_policy, limits, feature_cache_size)  # before any slow work
         checkpoint = open_checkpoint(default_model() if name_or_path is None else name_or_path, revision)
         torch_device, device_choice = choose_device(device)
         torch_dtype, dtype_choice = choose_dtype(dtype, torch_device)
@@ -180,7 +182,7 @@ class VisionModel(TaskMixin):
         with _device_errors():
             load_weights(model, checkpoint, torch_device, torch_dtype, quantization)
         processor = Processor(
-            PromptTokenizer.from_file(checkpoint.tokenizer_file),
+            PromptTokenizer.from_file(checkpoint.tokenizer_file, vocab_size=model.vocab_size),
             num_crops=crops,
             image_mean=checkpoint.preprocessor.get("image_mean", (0.48145466, 0.4578275, 0.40821073)),
             image_std=checkpoint.preprocessor.get("image_std", (0.26862954, 0.26130258, 0.27577711)),

@@ -1,25 +1,42 @@
-"""Generation options: one typed, validated object (unknown fields are rejected)."""
+"""Generation options: one typed, validated object (unknown fields are rejected).
+
+Types are strict: ``True`` is not a number, ``"2"`` and ``b"2"`` are not integers and
+``"yes"`` is not a boolean, so a value is either what the caller meant or an ``OptionsError``.
+The conveniences are ``stop`` (a single string means a list of that one string, and any
+sequence, list or tuple, of strings and token ids is taken) and ``choices`` (a list or tuple).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import OptionsError
 
 DEFAULT_MAX_NEW_TOKENS = 512
+
+MAX_TOKEN_ID = 2**31 - 1
+"""Largest token id accepted in ``stop``: ids are 32-bit integers for the tokenizer and torch."""
+
+DEFAULT_SAMPLING_TEMPERATURE = 1.0
+"""The temperature of ``do_sample=True`` given without a temperature (as in transformers)."""
 
 
 class GenerationOptions(BaseModel):
     """How to generate. Every task helper, ``generate``, ``stream`` and ``generate_batch``
     take these fields as keyword arguments, or a whole ``options=GenerationOptions(...)``.
 
-    ``stop`` replaces the default stop tokens: ``None`` stops on ``<|end|>`` and
-    ``<|endoftext|>``; ``[]`` never stops early; a list of strings and/or token ids stops on
-    any of them (add ``"<|end|>"`` yourself to keep the default). A stop string is not part of
-    the returned text.
+    Sampling follows one rule (the OpenAI API's and mlx-vlm's): ``temperature=0``, the
+    default, is greedy decoding; a temperature above 0 samples at that temperature unless
+    ``do_sample=False`` is given explicitly. ``do_sample=True`` without a temperature samples
+    at temperature 1. After validation ``do_sample`` is always a ``bool`` saying what happens.
+
+    ``stop`` replaces the default stop tokens: ``None`` stops on ``<|end|>``,
+    ``<|endoftext|>`` and ``</s>``; ``[]`` never stops early; a string, or a list of strings
+    and/or token ids, stops on any of them (add ``"<|end|>"`` yourself to keep the default).
+    A stop string is not part of the returned text.
 
     ``json_schema`` (a JSON schema dict or a pydantic model class), ``regex`` and ``choices``
     (the answer is exactly one of these strings) constrain decoding so that the answer matches
@@ -27,13 +44,13 @@ class GenerationOptions(BaseModel):
     docs/structured.md). With a constraint, ``stop`` may hold token ids only.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=131072)
-    do_sample: bool = False
-    temperature: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
+    do_sample: bool | None = Field(None, description="None: sample exactly when temperature > 0")
+    temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    top_k: int = Field(0, ge=0, le=MAX_TOKEN_ID, description="0 disables top-k filtering")
     repetition_penalty: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: tuple[str | int, ...] | None = None
@@ -41,13 +58,57 @@ class GenerationOptions(BaseModel):
     regex: str | None = None
     choices: tuple[str, ...] | None = None
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        """A string, or a list or tuple of non-empty strings and token ids (``bool`` is not an
+        id); checked here, item by item, so that the message names the bad item."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(
+                f"stop must be a string or a list of strings and token ids, got {type(value).__name__}"
+            )
+        for item in value:
+            if isinstance(item, str):
+                if not item:
+                    raise ValueError("stop strings must not be empty")
+            elif isinstance(item, int) and not isinstance(item, bool):
+                if not 0 <= item <= MAX_TOKEN_ID:
+                    raise ValueError(f"stop token ids must be from 0 to {MAX_TOKEN_ID}, got {item}")
+            else:
+                raise ValueError(
+                    f"stop items must be strings or token ids (int), got {type(item).__name__} {item!r:.40}"
+                )
+        return tuple(value)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices_sequence(cls, value: Any) -> Any:
+        """A list as well as a tuple (strict types take only the declared tuple)."""
+        return tuple(value) if isinstance(value, list) else value
+
     @model_validator(mode="after")
-    def _check_stop(self) -> GenerationOptions:
-        for item in self.stop or ():
-            if isinstance(item, str) and not item:
-                raise ValueError("stop strings must not be empty")
-            if isinstance(item, int) and item < 0:
-                raise ValueError(f"stop token ids must be >= 0, got {item}")
+    def _settle_sampling(self) -> GenerationOptions:
+        """Replace ``do_sample=None`` by what the temperature means, and give ``do_sample=True``
+        without a temperature the default sampling temperature. The fields the caller set
+        (``model_fields_set``) are unchanged, so merging options later still sees the intent."""
+        temperature_given = "temperature" in self.model_fields_set
+        if self.do_sample is None:
+            sample = self.temperature > 0
+        elif self.do_sample and self.temperature == 0:
+            if temperature_given:
+                raise ValueError(
+                    "do_sample=True cannot use temperature=0 (temperature 0 means greedy decoding); "
+                    "give a temperature above 0, or leave do_sample out"
+                )
+            object.__setattr__(self, "temperature", DEFAULT_SAMPLING_TEMPERATURE)
+            sample = True
+        else:
+            sample = self.do_sample
+        object.__setattr__(self, "do_sample", sample)
         return self
 
     @model_validator(mode="after")
@@ -58,23 +119,28 @@ class GenerationOptions(BaseModel):
         return self
 
 
+def options_error(exc: ValidationError, what: str) -> OptionsError:
+    """One ``OptionsError`` listing every problem pydantic found, field by field."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or what}: {err['msg']}" for err in exc.errors()
+    )
+    return OptionsError(f"invalid {what}: {problems}")
+
+
 def resolve_options(
     options: GenerationOptions | Mapping[str, Any] | None, overrides: Mapping[str, Any]
 ) -> GenerationOptions:
     """``options`` (object or dict) updated with keyword ``overrides``; errors are OptionsError."""
+    if options is None:
+        base: dict[str, Any] = {}
+    elif isinstance(options, GenerationOptions):
+        base = options.model_dump(exclude_unset=True)
+    elif isinstance(options, Mapping):
+        base = dict(options)
+    else:
+        raise OptionsError(f"options must be GenerationOptions or a dict, got {type(options).__name__}")
+    base.update(overrides)
     try:
-        if options is None:
-            base: dict[str, Any] = {}
-        elif isinstance(options, GenerationOptions):
-            base = options.model_dump(exclude_unset=True)
-        elif isinstance(options, Mapping):
-            base = dict(options)
-        else:
-            raise OptionsError(f"options must be GenerationOptions or a dict, got {type(options).__name__}")
-        base.update(overrides)
         return GenerationOptions.model_validate(base)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
-        )
-        raise OptionsError(f"invalid generation options: {problems}") from exc
+        raise options_error(exc, "generation options") from exc

@@ -81,7 +81,8 @@ class Prompt:
         """A raw prompt used exactly as given, e.g. the Phi-3 Cookbook's
         ``"<|user|>\\n<|image_1|>\\nWhat is this?<|end|>\\n<|assistant|>\\n"``.
 
-        Its placeholders must be numbered 1..N with exactly one image per number.
+        Its placeholders must be numbered 1..N with one image per number; a placeholder may
+        repeat (the image goes at each place) and they may come in any order.
         """
         if not isinstance(raw, str):
             raise PromptError(f"a raw prompt must be a str, got {type(raw).__name__}")

@@ -32,9 +32,9 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from phi3vision import images
 from phi3vision.errors import ImageError, ImageTooLargeError
 from phi3vision.images import ImagePolicy, describe_source, image_fingerprint, load_image, load_images
+from phi3vision.images import download as downloader
 from phi3vision.processing.hd_transform import (
     CROP_SIZE,
     crop_grid,
@@ -510,7 +510,7 @@ def test_random_strings_raise_image_error_without_network(
     policy = ImagePolicy(allow_private_urls=False, allow_local_files=allow_local_files)
     no_request = AssertionError("a request was sent: the URL should have been refused first")
     with (
-        mock.patch.object(images, "_resolve", private_resolver(resolver)),
+        mock.patch.object(downloader, "_resolve", private_resolver(resolver)),
         mock.patch.object(requests.Session, "get", side_effect=no_request),
     ):
         result = outcome(ImageError, load_image, source, policy)

@@ -52,18 +52,19 @@ KEYS = st.one_of(
 def assert_valid(options: GenerationOptions) -> None:
     """Every GenerationOptions that exists satisfies the documented ranges."""
     assert isinstance(options.max_new_tokens, int) and 1 <= options.max_new_tokens <= 131072
-    assert isinstance(options.do_sample, bool)
-    for value, top in (
-        (options.temperature, 100.0),
-        (options.top_p, 1.0),
-        (options.repetition_penalty, 100.0),
-    ):
+    assert isinstance(options.max_new_tokens, int) and not isinstance(options.max_new_tokens, bool)
+    assert isinstance(options.do_sample, bool)  # None is settled by the temperature
+    assert isinstance(options.temperature, float) and math.isfinite(options.temperature)
+    assert 0.0 <= options.temperature <= 100.0
+    assert options.temperature > 0 or not options.do_sample  # temperature 0 is always greedy
+    for value, top in ((options.top_p, 1.0), (options.repetition_penalty, 100.0)):
         assert isinstance(value, float) and math.isfinite(value) and 0.0 < value <= top
-    assert isinstance(options.top_k, int) and options.top_k >= 0
-    assert options.seed is None or (isinstance(options.seed, int) and 0 <= options.seed < 2**63)
+    assert type(options.top_k) is int and options.top_k >= 0
+    assert options.seed is None or (type(options.seed) is int and 0 <= options.seed < 2**63)
     if options.stop is not None:
+        assert isinstance(options.stop, tuple)
         for item in options.stop:
-            assert (isinstance(item, str) and item) or (isinstance(item, int) and item >= 0)
+            assert (type(item) is str and item) or (type(item) is int and 0 <= item < 2**31)
 
 
 @given(
@@ -98,7 +99,8 @@ def test_random_dicts_give_valid_options_or_options_error(
 )
 def test_nan_and_inf_floats_are_refused_as_not_finite(field: str, value: Any, as_override: bool) -> None:
     options, overrides = ({}, {field: value}) if as_override else ({field: value}, {})
-    with pytest.raises(OptionsError, match=f"{field}: Input should be a finite number"):
+    # Strings ("nan") are not numbers at all in strict mode; float nan and inf are not finite.
+    with pytest.raises(OptionsError, match=f"{field}: Input should be a (finite|valid) number"):
         resolve_options(options, overrides)
 
 

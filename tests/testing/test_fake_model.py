@@ -255,7 +255,7 @@ def test_custom_task_prompts_are_what_gets_recorded(photo: Image.Image) -> None:
         (
             lambda m: m.generate("<|image_1|> and <|image_2|>", [make_photo()]),
             PromptError,
-            "2 image placeholder",
+            "placeholder for image 2",
         ),
         (
             lambda m: m.generate(Prompt().user("Hi", images=[make_photo()]), [make_photo()]),
@@ -263,7 +263,7 @@ def test_custom_task_prompts_are_what_gets_recorded(photo: Image.Image) -> None:
             "own images",
         ),
         (lambda m: m.ask("   "), PromptError, "non-empty question"),
-        (lambda m: m.generate("Hi", temperature=0), OptionsError, "temperature"),
+        (lambda m: m.generate("Hi", temperature=-1), OptionsError, "temperature"),
         (lambda m: m.generate("Hi", max_tokens=5), OptionsError, "max_tokens"),
         (lambda m: m.generate("Hi", options=GenerationOptions(), stop=[""]), OptionsError, "stop"),
         (lambda m: m.describe(make_photo(), num_crops=0), OptionsError, "num_crops"),

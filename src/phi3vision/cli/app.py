@@ -292,9 +292,7 @@ def _prepare(args: argparse.Namespace) -> None:
         fields: dict[str, object] = {}
         if args.max_new_tokens is not None:
             fields["max_new_tokens"] = args.max_new_tokens
-        if args.temperature > 0:
-            fields["do_sample"] = True
-            fields["temperature"] = args.temperature
+        fields["temperature"] = args.temperature  # 0 is greedy, above 0 samples (GenerationOptions)
         if args.top_p is not None:
             fields["top_p"] = args.top_p
         if args.seed is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import sys
 import time
@@ -18,8 +17,6 @@ from ..errors import ImageError
 if TYPE_CHECKING:
     from ..model import GenerationStream, VisionModel
     from ..results import Generation
-
-_REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.IGNORECASE)
 
 
 def load_model(args: argparse.Namespace) -> VisionModel:
@@ -90,10 +87,6 @@ def peak_memory(device: str) -> str:
     return f"peak process memory {peak_bytes / 1e9:.2f} GB"
 
 
-def is_remote(text: str) -> bool:
-    return _REMOTE.match(text) is not None
-
-
 def image_inputs(names: Sequence[str]) -> list[tuple[str, Any]]:
     """``(label, source)`` for each IMAGE argument: ``-`` becomes the bytes of stdin (the
     parser allows it once, and not in a chat), a path or URL stays as it is. Local files are
@@ -111,6 +104,8 @@ def image_inputs(names: Sequence[str]) -> list[tuple[str, Any]]:
 
 def check_local_file(name: str) -> None:
     """Fail early, naming the file, when a local image does not exist or is a folder."""
+    from ..images import is_remote  # the loader's own classifier: URL, data URI or path
+
     if is_remote(name):
         return
     if not os.path.exists(name):

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import Phi3VisionError
+from ..images.sources import is_remote
 from ..prompt import Prompt
 from ..results import Generation, ModelRef
 from .config import BatchSettings, Task, batch_settings
-from .items import BatchItem, check_unique_keys, is_remote
+from .items import BatchItem, check_unique_keys
 from .results_file import ResultsFile
 
 if TYPE_CHECKING:

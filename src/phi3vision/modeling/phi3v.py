@@ -52,9 +52,9 @@ class Phi3VForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """``(B, L)`` ids -> ``(B, L, hidden)`` embeddings with the images' features in place.
 
-        ``image_features[b][n]`` is the feature tensor of image n of row b; its length must
-        equal the number of positions holding ``-n`` in that row. Every image whose id occurs
-        in ``input_ids`` must have features.
+        ``image_features[b][n]`` is the feature tensor of image n of row b; the positions
+        holding ``-n`` in that row are one run of that length per placeholder of image n.
+        Every image whose id occurs in ``input_ids`` must have features.
         """
         embed_tokens = self.language_model.get_input_embeddings()
         embeds = embed_tokens(input_ids.clamp(min=0))  # (B, L, hidden)
@@ -64,12 +64,14 @@ class Phi3VForCausalLM(nn.Module):
             for number in numbers:
                 positions = (input_ids[row] == -number).nonzero().squeeze(-1)  # (num_image_tokens,)
                 feats = features.get(number)
-                if feats is None or positions.numel() != feats.shape[0]:
+                if feats is None or feats.shape[0] == 0 or positions.numel() % feats.shape[0]:
                     raise ValueError(
                         f"image {number} of row {row} occupies {positions.numel()} positions but has "
                         f"{'no' if feats is None else feats.shape[0]} features"
                     )
-                embeds[row, positions] = feats.to(embeds.dtype)
+                # A placeholder used k times holds k runs of the image's positions, in order.
+                repeats = positions.numel() // feats.shape[0]
+                embeds[row, positions] = feats.to(embeds.dtype).repeat(repeats, 1)
         return embeds
 
     def forward(

@@ -54,7 +54,8 @@ class Encoding:
 
     @property
     def num_image_tokens(self) -> int:
-        return sum(self.image_token_counts)
+        """Positions holding image features: a repeated placeholder counts at each place."""
+        return int((self.input_ids < 0).sum())
 
     def image_views(self, index: int) -> torch.Tensor:
         """The views image ``index`` (0-based) really has: ``(1 + rows*cols, 3, 336, 336)``."""

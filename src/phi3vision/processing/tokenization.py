@@ -9,13 +9,12 @@ image features. A prompt with no placeholder is tokenised in one piece (one ``<s
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..errors import PromptError
+from ..errors import CheckpointError, ContextLengthError, PromptError
 
 PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
 """A well-formed placeholder: ``<|image_N|>`` with N a decimal number."""
@@ -29,23 +28,37 @@ END_TOKEN_ID = 32007
 ENDOFTEXT_TOKEN_ID = 32000
 """``<|endoftext|>``: the tokenizer's eos; the models may emit it instead of ``<|end|>``."""
 
-DEFAULT_STOP_TOKEN_IDS = (END_TOKEN_ID, ENDOFTEXT_TOKEN_ID)
-"""The configs name only eos id 2 (``</s>``), which the instruct models never emit."""
+EOS_TOKEN_ID = 2
+"""``</s>``: the eos the checkpoints' configs name; the instruct models rarely emit it."""
+
+DEFAULT_STOP_TOKEN_IDS = (END_TOKEN_ID, ENDOFTEXT_TOKEN_ID, EOS_TOKEN_ID)
+"""What generation stops on unless ``stop=`` says otherwise, as mlx-vlm does: the end of a
+turn, the tokenizer's eos and the config's eos."""
+
+MAX_PROMPT_POSITIONS = 1 << 20
+"""Most positions a prompt may take before it is even compared with a model's context (the
+largest Phi-3-vision context is 131072): bounds the memory of building its token ids."""
 
 
 def placeholder_numbers(prompt: str, num_images: int) -> list[int]:
-    """Image numbers of the prompt's placeholders in order, checked against ``num_images``.
+    """Image numbers of the prompt's placeholders in text order, checked against ``num_images``.
 
-    Each of 1..num_images must appear exactly once; anything else is a ``PromptError`` that
-    says what is wrong, raised before any model work.
+    Placeholders are ``<|image_N|>`` with N written in plain decimal digits, without leading
+    zeros. Every image 1..num_images needs at least one placeholder, and no placeholder may
+    name an image that was not given. A placeholder may appear more than once: that image's
+    features then go at each place. Order does not matter: image N's features always go at
+    ``<|image_N|>``. Anything else is a ``PromptError`` that says what is wrong, raised before
+    any model work.
     """
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+        raise PromptError(f"the number of images must be an int >= 0, got {num_images!r}")
     numbers: list[int] = []
     for match in _ANY_IMAGE_TAG.finditer(prompt):
         raw = match.group(1)
-        if not raw.isdecimal() or not raw.isascii():
+        if not raw.isdecimal() or not raw.isascii() or (raw.startswith("0") and raw != "0"):
             raise PromptError(
                 f"malformed image placeholder {match.group(0)!r}: placeholders are "
-                "<|image_1|>, <|image_2|>, ... numbered from 1"
+                "<|image_1|>, <|image_2|>, ... numbered from 1, without leading zeros"
             )
         if len(raw) > 6 or int(raw) < 1:
             raise PromptError(
@@ -53,21 +66,39 @@ def placeholder_numbers(prompt: str, num_images: int) -> list[int]:
                 f"numbered 1..N for N images (this prompt was given {num_images})"
             )
         numbers.append(int(raw))
-    duplicates = sorted(n for n, count in Counter(numbers).items() if count > 1)
-    if duplicates:
-        tags = ", ".join(f"<|image_{n}|>" for n in duplicates)
+    named = set(numbers)
+    unknown = sorted(n for n in named if n > num_images)
+    if unknown:
         raise PromptError(
-            f"{tags} appears more than once; each image has exactly one placeholder "
-            "(use a new image number to show an image again)"
+            f"the prompt has a placeholder for image {unknown[0]} but {num_images} image(s) were "
+            "given; give one image per number <|image_N|>, numbered 1..N without gaps"
         )
-    if sorted(numbers) != list(range(1, len(numbers) + 1)):
-        raise PromptError(f"image placeholders must be numbered 1..N without gaps, got {sorted(numbers)}")
-    if len(numbers) != num_images:
+    if len(named) != num_images:
+        missing = [n for n in range(1, num_images + 1) if n not in named]
         raise PromptError(
-            f"the prompt has {len(numbers)} image placeholder(s) but {num_images} image(s) "
-            "were given; give one image per <|image_N|>"
+            f"the prompt has placeholders for {len(named)} image(s) but {num_images} image(s) were "
+            f"given (no <|image_{missing[0]}|>); give one image per <|image_N|>"
         )
     return numbers
+
+
+def check_positions(numbers: Sequence[int], image_token_counts: Sequence[int], text_length: int) -> None:
+    """Refuse a prompt whose image positions alone would exceed :data:`MAX_PROMPT_POSITIONS`,
+    before any list of that size is built: a repeated placeholder costs a whole image's
+    positions each time, so a short text could otherwise ask for gigabytes of token ids."""
+    image_positions = sum(image_token_counts[number - 1] for number in numbers)
+    if text_length + image_positions > MAX_PROMPT_POSITIONS:
+        raise ContextLengthError(
+            f"the prompt's {len(numbers)} image placeholders would take {image_positions} positions, "
+            f"over the limit of {MAX_PROMPT_POSITIONS} (far more than any model's context); "
+            "use fewer placeholders"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a third-party error: the tokenizers library's messages can be long."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _check_encodable(text: str) -> None:
@@ -92,8 +123,26 @@ class PromptTokenizer:
         self.bos_token_id = bos_token_id
 
     @classmethod
-    def from_file(cls, path: str | Path) -> PromptTokenizer:
-        return cls(Tokenizer.from_file(str(path)))
+    def from_file(cls, path: str | Path, vocab_size: int | None = None) -> PromptTokenizer:
+        """The checkpoint's ``tokenizer.json``. A file the tokenizers library cannot read, or
+        whose ids do not fit the model's ``vocab_size`` embedding rows, is a CheckpointError
+        naming the file (the library itself raises a bare ``Exception``)."""
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a valid tokenizer file ({_first_line(exc)})") from exc
+        loaded = cls(tokenizer)
+        try:
+            size = loaded.vocab_size
+            loaded.encode_text("a")  # the pipeline runs (pre-tokenizer, model, post-processor)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: the tokenizer does not work ({_first_line(exc)})") from exc
+        if vocab_size is not None and size > vocab_size:
+            raise CheckpointError(
+                f"{path}: the tokenizer has {size} tokens but config.json's vocab_size is {vocab_size}; "
+                "they come from different checkpoints"
+            )
+        return loaded
 
     @property
     def vocab_size(self) -> int:
@@ -105,8 +154,10 @@ class PromptTokenizer:
         return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
 
     def encode(self, prompt: str, image_token_counts: Sequence[int]) -> list[int]:
-        """Token ids of ``prompt``; image N (1-based) takes ``image_token_counts[N-1]`` ids ``-N``."""
+        """Token ids of ``prompt``; image N (1-based) takes ``image_token_counts[N-1]`` ids ``-N``
+        at each of its placeholders."""
         numbers = placeholder_numbers(prompt, len(image_token_counts))
+        check_positions(numbers, image_token_counts, len(prompt))
         _check_encodable(prompt)
         chunks = PLACEHOLDER.split(prompt)[::2]  # split() interleaves the captured numbers
         ids = self.encode_text(chunks[0])

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from ..constraints import answer_problem, constraint_of, require_backend
 from ..errors import ContextLengthError, ModelClosedError, OptionsError, Phi3VisionError
 from ..images import ImagePolicy, describe_source, image_fingerprint, load_images
-from ..limits import RequestLimits
+from ..limits import RequestLimits, check_model_options
 from ..loading import default_model
 from ..model import ModelInfo, PromptInput, TokenCount
 from ..options import GenerationOptions, resolve_options
@@ -139,6 +139,7 @@ class FakeVisionModel(TaskMixin):
             or not 0 < tokens_per_second < math.inf
         ):
             raise OptionsError(f"tokens_per_second must be a positive number, got {tokens_per_second!r}")
+        image_policy, limits, _ = check_model_options(image_policy, limits)
         self.processor = Processor(packaged_tokenizer(), num_crops=num_crops)
         self.image_policy = image_policy
         self.limits = limits or RequestLimits()
@@ -206,6 +207,7 @@ class FakeVisionModel(TaskMixin):
         Nothing is read or downloaded; the name (by default, as for ``VisionModel``,
         ``$PHI3VISION_MODEL`` or the 128k model) becomes the fake's ``model_id``, and the other
         settings are kept in ``info`` but change nothing."""
+        check_model_options(image_policy, limits, feature_cache_size)
         model = cls(
             model_id=default_model() if name_or_path is None else str(name_or_path),
             revision=revision,
@@ -329,8 +331,8 @@ class FakeVisionModel(TaskMixin):
         text, sources, loaded = self._prepare(prompt, images)
         crops = self.processor.num_crops if num_crops is None else check_num_crops(num_crops)
         counts = self.processor.image_token_counts(loaded, crops)
-        prompt_tokens = len(self.processor.tokenizer.encode(text, counts))
-        image_tokens = sum(counts)
+        ids = self.processor.tokenizer.encode(text, counts)
+        prompt_tokens, image_tokens = len(ids), sum(1 for i in ids if i < 0)
         self.limits.check_tokens(prompt_tokens, image_tokens)
         needed = prompt_tokens + options.max_new_tokens
         if needed > self.context_length:
