@@ -309,8 +309,12 @@ def build_empty_model(raw_config: dict[str, Any], attn_implementation: str) -> P
     from .modeling.phi3v import Phi3VForCausalLM
 
     configs = build_configs(raw_config, attn_implementation=attn_implementation)
-    with init_empty_weights(include_buffers=False):
-        model = Phi3VForCausalLM(configs)
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = Phi3VForCausalLM(configs)
+    except Exception as exc:  # a value build_configs passed on that a module cannot take
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"config.json: the model cannot be built from it ({reason})") from exc
     return model
 
 

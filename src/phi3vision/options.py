@@ -2,8 +2,8 @@
 
 Types are strict: ``True`` is not a number, ``"2"`` and ``b"2"`` are not integers and
 ``"yes"`` is not a boolean, so a value is either what the caller meant or an ``OptionsError``.
-The conveniences are ``stop`` (a single string means a list of that one string, and any
-sequence, list or tuple, of strings and token ids is taken) and ``choices`` (a list or tuple).
+The one convenience is ``stop``: a single string means a list of that one string, and any
+sequence (list or tuple) of strings and token ids is taken.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class GenerationOptions(BaseModel):
     """How to generate. Every task helper, ``generate``, ``stream`` and ``generate_batch``
     take these fields as keyword arguments, or a whole ``options=GenerationOptions(...)``.
 
+    ``json_schema`` (a JSON schema dict or a pydantic model class), ``regex`` and ``choices``
+    (the answer is exactly one of these strings) constrain decoding so that the answer matches
+    by construction (at most one per call; needs ``pip install 'phi3vision[grammar]'``; see
+    docs/structured.md). With a constraint, ``stop`` may hold token ids only.
+
     Sampling follows one rule (the OpenAI API's and mlx-vlm's): ``temperature=0``, the
     default, is greedy decoding; a temperature above 0 samples at that temperature unless
     ``do_sample=False`` is given explicitly. ``do_sample=True`` without a temperature samples
@@ -37,11 +42,6 @@ class GenerationOptions(BaseModel):
     ``<|endoftext|>`` and ``</s>``; ``[]`` never stops early; a string, or a list of strings
     and/or token ids, stops on any of them (add ``"<|end|>"`` yourself to keep the default).
     A stop string is not part of the returned text.
-
-    ``json_schema`` (a JSON schema dict or a pydantic model class), ``regex`` and ``choices``
-    (the answer is exactly one of these strings) constrain decoding so that the answer matches
-    by construction (at most one per call; needs ``pip install 'phi3vision[grammar]'``; see
-    docs/structured.md). With a constraint, ``stop`` may hold token ids only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -86,8 +86,8 @@ class GenerationOptions(BaseModel):
 
     @field_validator("choices", mode="before")
     @classmethod
-    def _choices_sequence(cls, value: Any) -> Any:
-        """A list as well as a tuple (strict types take only the declared tuple)."""
+    def _choices_as_tuple(cls, value: Any) -> Any:
+        """A list or tuple of strings (strict types still refuse anything else in it)."""
         return tuple(value) if isinstance(value, list) else value
 
     @model_validator(mode="after")

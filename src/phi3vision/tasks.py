@@ -101,6 +101,12 @@ def parse_json_object(text: str, schema: type[SchemaT]) -> SchemaT:
         raise OutputParseError(f"the answer does not match {schema.__name__}: {problems}") from exc
 
 
+def extract_instruction(template: str, schema: type[BaseModel] | Mapping[str, Any] | None) -> str:
+    """The extract task's instruction: ``template`` with its ``{schema}`` filled in (compact JSON)."""
+    json_schema = schema.model_json_schema() if isinstance(schema, type) else dict(schema or {})
+    return template.replace("{schema}", json.dumps(json_schema, separators=(",", ":")))
+
+
 def text_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -211,10 +217,7 @@ class TaskMixin:
             )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise OptionsError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        json_schema = schema.model_json_schema() if isinstance(schema, type) else dict(schema)
-        text = (instruction or self.task_prompts.extract).replace(
-            "{schema}", json.dumps(json_schema, separators=(",", ":"))
-        )
+        text = extract_instruction(instruction or self.task_prompts.extract, schema)
         prompt = Prompt().user(text, images=[image])
         if constraints.backend_available():
             return self._extract_constrained(prompt, schema, num_crops, options, option_fields)

@@ -188,7 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("images", nargs="*", metavar="IMAGE")
     ask.add_argument("-q", "--question", required=True, help="the question")
     ask.add_argument("--system", help="a system message to put before the question")
+    ask.add_argument(
+        "--choices", metavar="A,B,...", help="the answer is exactly one of these (needs phi3vision[grammar])"
+    )
     ask.set_defaults(handler=commands.run_ask)
+
+    extract = add(
+        "extract",
+        "Extract a JSON object matching a JSON schema from each image, one line per image on stdout "
+        "(decoding constrained by the schema; needs phi3vision[grammar]).",
+        [debug, model, generation],
+    )
+    extract.add_argument("images", nargs="+", metavar="IMAGE")
+    extract.add_argument("--schema", required=True, metavar="FILE", help="a JSON schema file (.json)")
+    extract.set_defaults(handler=commands.run_extract)
 
     chat_parser = add(
         "chat",
@@ -216,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit code 1 when some images failed (they are recorded in the output).",
         [debug, model, generation],
     )
-    batch_parser.add_argument("task", choices=["describe", "ocr", "ask"], help="describe, ocr or ask")
+    batch_parser.add_argument(
+        "task", choices=["describe", "ocr", "ask", "extract"], help="describe, ocr, ask or extract"
+    )
     batch_parser.add_argument(
         "inputs",
         nargs="+",
@@ -225,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch_parser.add_argument("--out", "-o", required=True, metavar="FILE", help="results file (JSON Lines)")
     batch_parser.add_argument("-q", "--question", help="the question for ask (a manifest item's own wins)")
+    batch_parser.add_argument(
+        "--schema", metavar="FILE", help="extract: the JSON schema file each line's 'value' matches"
+    )
     batch_parser.add_argument("--recursive", "-r", action="store_true", help="look into subfolders too")
     batch_parser.add_argument(
         "--batch-size", type=_positive_int, default=4, metavar="N", help="images per model call (default: 4)"
@@ -297,6 +315,14 @@ def _prepare(args: argparse.Namespace) -> None:
             fields["top_p"] = args.top_p
         if args.seed is not None:
             fields["seed"] = args.seed
+        if getattr(args, "choices", None) is not None:
+            fields["choices"] = args.choices.split(",")
+        if getattr(args, "schema", None) is not None:
+            if getattr(args, "task", "extract") != "extract":
+                sub.error("--schema goes with the extract task")
+            fields["json_schema"] = _read_schema(args.schema, sub)
+        elif getattr(args, "task", None) == "extract":
+            sub.error("the extract task needs --schema FILE")
         try:
             args.options = resolve_options(None, fields)
         except OptionsError as exc:
@@ -312,6 +338,20 @@ def _prepare(args: argparse.Namespace) -> None:
         sub.error("stdin holds the conversation in a chat; give images as paths or URLs")
     if args.command == "compare" and len(args.images) < 2:
         sub.error("compare needs at least two images")
+
+
+def _read_schema(path: str, sub: argparse.ArgumentParser) -> dict[str, object]:
+    """The JSON schema in ``path`` (a usage error if it cannot be read or is not an object)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            schema = json.load(file)
+    except (OSError, ValueError) as exc:
+        sub.error(f"argument --schema: cannot read a JSON schema from {path}: {exc}")
+    if not isinstance(schema, dict):
+        sub.error(f"argument --schema: {path} holds no JSON object")
+    return schema
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")

@@ -63,6 +63,7 @@ def _model_or_executor(args: argparse.Namespace) -> VisionModel | RayExecutor:
         device=args.device,
         dtype=args.dtype,
         num_crops=args.num_crops,
+        quantization=args.quantization,
         load_options={"attn_implementation": args.attn, "revision": args.revision},
         concurrency=args.ray_actors,
         num_gpus=args.ray_gpus,

@@ -1,4 +1,4 @@
-"""describe, ocr, compare and ask: one model call per answer, text streamed or JSON lines.
+"""describe, ocr, compare, ask and extract: one model call per answer, text streamed or JSON lines.
 
 Text mode streams (``VisionModel.stream``) so that a person sees the answer as it is made; JSON
 mode calls the task helpers so that each line is the helper's own result type
@@ -99,3 +99,22 @@ def run_ask(args: argparse.Namespace) -> int:
             result = print_stream(vm.stream(prompt, options=args.options))
         report_run(args, result, vm.info.device)
     return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """One JSON object per image on stdout, constrained by the schema. A failing image prints
+    ``null`` (line N stays image N's), is reported on stderr, and the others still run; exit 1."""
+    import json
+
+    schema = args.options.json_schema
+    failures = 0
+    with load_model(args) as vm:
+        for _label, source in image_inputs(args.images):
+            try:
+                result = vm.extract_result(source, schema, options=args.options)
+                print(json.dumps(result.value, ensure_ascii=False), flush=True)
+            except Phi3VisionError as exc:
+                failures += 1
+                print("null", flush=True)
+                report(exc, debug_flag(args))
+    return 1 if failures else 0

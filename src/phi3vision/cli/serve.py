@@ -128,8 +128,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise OptionsError(f"invalid server options: {exc.errors()[0]['msg']}") from exc
+    # The CLI already shows the library's log lines on stderr; only the level is ours to set.
     log = logging.getLogger("phi3vision.server")
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    log.setLevel(args.log_level.upper())
     if settings.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
     print(f"phi3vision: loading {name} ...", file=sys.stderr, flush=True)

@@ -19,14 +19,15 @@ from .items import BatchItem
 
 __all__ = ["TASKS", "BatchKeywords", "BatchSettings", "Task", "batch_settings"]
 
-Task = Literal["describe", "ocr", "ask"]
-TASKS: tuple[Task, ...] = ("describe", "ocr", "ask")
+Task = Literal["describe", "ocr", "ask", "extract"]
+TASKS: tuple[Task, ...] = ("describe", "ocr", "ask", "extract")
 
 
 class BatchSettings(BaseModel):
     """How a batch job runs. ``question`` is the ask task's question for every item (an item's
     own question wins); ``batch_size`` the images per model call; ``options`` the generation
-    options; ``resume`` continues an existing output, ``overwrite`` replaces it, and
+    options (the extract task's schema is ``options.json_schema``); ``resume`` continues an
+    existing output, ``overwrite`` replaces it, and
     ``retry_failed`` (which implies ``resume``) runs the items recorded as failed again;
     ``progress`` shows a progress bar on stderr (``None``: when stderr is a terminal).
 
@@ -69,6 +70,12 @@ class BatchSettings(BaseModel):
         if isinstance(data, Mapping) and data.get("retry_failed") is True:
             return {**data, "resume": True}
         return data
+
+    @model_validator(mode="after")
+    def _extract_has_a_schema(self) -> BatchSettings:
+        if self.task == "extract" and self.options.json_schema is None:
+            raise ValueError("the extract task needs options with a json_schema (the objects' schema)")
+        return self
 
     @model_validator(mode="after")
     def _resume_or_overwrite(self) -> BatchSettings:

@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import Phi3VisionError
+from ..constraints import constraint_of
+from ..constraints.spec import CONSTRAINT_FIELDS
+from ..errors import OutputParseError, Phi3VisionError
 from ..images.sources import is_remote
 from ..prompt import Prompt
 from ..results import Generation, ModelRef
+from ..tasks import extract_instruction
 from .config import BatchSettings, Task, batch_settings
 from .items import BatchItem, check_unique_keys
 from .results_file import ResultsFile
@@ -105,7 +108,7 @@ def result_row(
     settings: BatchSettings, item: BatchItem, fingerprint: str, result: Generation
 ) -> dict[str, Any]:
     """The output line for ``item``'s ``result`` (see ``BatchJob`` for its fields)."""
-    return {
+    row = {
         "key": item.key,
         "input": {"image": item.image, "question": settings.question_for(item)},
         "task": settings.task,
@@ -113,6 +116,9 @@ def result_row(
         **result.model_dump(mode="json", include=_RESULT_FIELDS),
         "fingerprint": fingerprint,
     }
+    if settings.task == "extract":  # the validated object (the schema-constrained answer)
+        row["value"] = json.loads(result.text) if result.finish_reason == "stop" else None
+    return row
 
 
 def content_digest(source: str) -> str:
@@ -266,6 +272,8 @@ class BatchJob:
         if question is not None:
             return question
         prompts = self.model.task_prompts
+        if self.settings.task == "extract":
+            return extract_instruction(prompts.extract, self.settings.options.json_schema)
         return prompts.describe if self.settings.task == "describe" else prompts.extract_text
 
     def _settings_key(self) -> str:
@@ -281,7 +289,7 @@ class BatchJob:
                 "model": model_id,
                 "revision": revision,
                 "num_crops": num_crops,
-                "options": self.settings.options.model_dump(mode="json"),
+                **_options_key(self.settings.options),
             },
             sort_keys=True,
         )
@@ -379,7 +387,8 @@ class BatchJob:
         if isinstance(self.model, JobExecutor):
             requests = [(self.instruction(item), item.source) for item, _ in todo]
             results = self.model.stream(requests, batch_size=size, options=self.settings.options)
-            yield from zip(todo, results, strict=True)
+            for entry, result in zip(todo, results, strict=True):
+                yield entry, self._checked(result)
             return
         model = self.model
         for start in range(0, len(todo), size):
@@ -403,8 +412,31 @@ class BatchJob:
                 prompts, batch_size=self.settings.batch_size, options=self.settings.options
             )
             for position, result in zip(positions, generated, strict=True):
-                results[position] = result
+                results[position] = self._checked(result)
         return [r if r is not None else failed_result(RuntimeError("not run"), None) for r in results]
+
+    def _checked(self, result: Generation) -> Generation:
+        """An extract answer that ran out of tokens is a failed item (``--retry-failed`` can run
+        it again with a larger budget); the others are the answers themselves."""
+        if self.settings.task != "extract" or result.finish_reason != "length":
+            return result
+        return failed_result(
+            OutputParseError(
+                f"the answer ran out of tokens after {result.usage.completion_tokens} before the object "
+                "was complete: raise max_new_tokens, or bound the schema (see docs/structured.md)"
+            ),
+            result.model,
+        )
+
+
+def _options_key(options: GenerationOptions) -> dict[str, Any]:
+    """The options as they enter the fingerprint. The constraint fields are left out when unset,
+    so that files written before they existed still resume."""
+    constraint = constraint_of(options)
+    key: dict[str, Any] = {"options": options.model_dump(mode="json", exclude=set[str](CONSTRAINT_FIELDS))}
+    if constraint is not None:
+        key["constraint"] = [constraint.kind, constraint.text]
+    return key
 
 
 def run_batch(

@@ -115,6 +115,7 @@ class Batcher:
                 return
             self.batches_run += 1
             self.requests_run += len(jobs)
+            started = time.perf_counter()
             try:
                 if jobs[0].emit is not None:
                     self._run_stream(jobs[0])
@@ -124,6 +125,13 @@ class Batcher:
                 log.exception("unexpected error while generating")
                 for job in jobs:
                     self._fail(job, exc)
+            log.debug(
+                "%s of %d in %.3f s; %d waiting",
+                "stream" if jobs[0].emit else "batch",
+                len(jobs),
+                time.perf_counter() - started,
+                len(self._pending),
+            )
 
     def _next_jobs(self) -> list[_Job]:
         """The next batch: the oldest job and, after the collection window, the queued jobs
