@@ -92,3 +92,17 @@ def test_csv_manifest_with_bom_and_quoted_commas(tmp_path: Path) -> None:
     a, b = read_manifest(manifest)
     assert a.question == "Red, or blue?" and b.question is None
     assert a.origin.endswith("line 2") and b.origin.endswith("line 3")
+
+
+def test_manifest_sources_follow_the_loaders_classifier(tmp_path: Path) -> None:
+    """One answer to "is this a URL?": what the image loader fetches is never joined to the
+    manifest's folder, and what it reads from disk always is."""
+    from phi3vision.images.sources import source_kind
+
+    images = ["data:image/png;base64,AAAA", "HTTPS://example.com/x.png", "file:x.png", "c:/x.png", "d.png"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(f'{{"image": "{image}"}}\n' for image in images))
+    for item in read_manifest(manifest):
+        remote = source_kind(item.image) in ("url", "data_uri")
+        assert item.source == (item.image if remote else str(tmp_path / item.image)), item
+    assert [source_kind(image) for image in images] == ["data_uri", "url", "url", "path", "path"]

@@ -7,13 +7,13 @@ import glob
 import io
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import OptionsError
+from ..images.sources import is_remote  # URLs and data URIs are never joined to a folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,7 +34,6 @@ MANIFEST_SUFFIXES: frozenset[str] = frozenset({".jsonl", ".csv"})
 """An input file ending in one of these is read as a manifest, not as an image."""
 
 _MANIFEST_FIELDS = ("image", "question", "key")
-_REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.IGNORECASE)
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -54,11 +53,6 @@ class BatchItem:
     source: str
     question: str | None = None
     origin: str = ""
-
-
-def is_remote(image: str) -> bool:
-    """URLs and data URIs are passed to the image loader as they are, never joined to a folder."""
-    return _REMOTE.match(image) is not None
 
 
 def find_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:

@@ -21,11 +21,12 @@ from pydantic import BaseModel, ConfigDict
 from ..constraints import constraint_of
 from ..constraints.spec import CONSTRAINT_FIELDS
 from ..errors import OutputParseError, Phi3VisionError
+from ..images.sources import is_remote
 from ..prompt import Prompt
 from ..results import Generation, ModelRef
 from ..tasks import extract_instruction
 from .config import BatchSettings, Task, batch_settings
-from .items import BatchItem, check_unique_keys, is_remote
+from .items import BatchItem, check_unique_keys
 from .results_file import ResultsFile
 
 if TYPE_CHECKING:
