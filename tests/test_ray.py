@@ -166,7 +166,7 @@ def test_settings_that_would_hang_or_are_wrong_fail_on_the_driver(local_ray: Any
         map_images(ds, model=GOLDEN_CHECKPOINT, max_new_tokens=0)
     for task in ("caption", "extract"):
         with pytest.raises(
-            OptionsError, match=rf"map_images runs the tasks describe, ocr, ask, not '{task}'"
+            OptionsError, match=rf"map_images runs the tasks describe, extract_text, ask, not '{task}'"
         ):
             map_images(ds, task=task, model=GOLDEN_CHECKPOINT)
     with pytest.raises(OptionsError, match="whole number"):

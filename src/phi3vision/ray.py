@@ -32,7 +32,7 @@ from .jobs import BatchItem, JobExecutor, batch_settings, result_row
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt
 from .results import Generation
-from .tasks import TaskPrompts
+from .tasks import TaskPrompts, get_task
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -71,7 +71,7 @@ ROW_FIELDS = (
 
 _KEY_COLUMNS = ("key", "path", "url")
 
-MAP_TASKS = ("describe", "ocr", "ask")
+MAP_TASKS = ("describe", "extract_text", "ask")
 """The tasks ``map_images`` runs. The batch job's ``extract`` runs on Ray through
 ``phi3vision batch extract --executor ray``, which validates the objects on the driver."""
 
@@ -98,12 +98,12 @@ def task_instruction(task: str, question: str | None, prompts: TaskPrompts) -> s
     The one place that maps a task name to a prompt here, so that it can follow the task
     registry when there is one.
     """
-    _check_task(task)
-    if task == "ask":
+    spec = get_task(_check_task(task))
+    if spec.name == "ask":
         if question is None:
             raise OptionsError("the ask task needs a question: give question= or a 'question' column")
         return question
-    return prompts.describe if task == "describe" else prompts.extract_text
+    return str(spec.instruction(prompts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,9 +249,12 @@ def _key_column(names: Sequence[str], column: str, sample: Any) -> str:
 # Checks done on the driver, before any actor starts
 
 
-def _check_task(task: str) -> None:
-    if task not in MAP_TASKS:
+def _check_task(task: str) -> str:
+    """The task's name (an old spelling such as "ocr" is accepted); map_images runs MAP_TASKS."""
+    name = get_task(task).name if isinstance(task, str) else task
+    if name not in MAP_TASKS:
         raise OptionsError(f"map_images runs the tasks {', '.join(MAP_TASKS)}, not {task!r}")
+    return str(name)
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -65,3 +65,8 @@ def test_the_batch_command_has_an_option_for_every_setting() -> None:
     args.options = None  # set by the command line's checks from the generation flags
     settings = batch_settings(**{name: getattr(args, name) for name in BatchSettings.model_fields})
     assert settings == batch_settings("describe")
+
+
+def test_the_old_task_spelling_becomes_the_registry_name() -> None:
+    """One name per task: "ocr" (the old CLI and manifest spelling) is extract_text."""
+    assert batch_settings("ocr").task == "extract_text" == batch_settings("extract_text").task

@@ -100,7 +100,8 @@ def test_rows_are_result_row_and_name_the_instruction(fake: FakeVisionModel, two
     assert job.run().ok
     rows = read_jsonl(out)
     assert [row["text"] for row in rows] == ["TEXT", "TEXT"]  # the ocr instruction was asked
-    assert rows[0]["input"] == {"image": items[0].image, "question": None} and rows[0]["task"] == "ocr"
+    assert rows[0]["input"] == {"image": items[0].image, "question": None}
+    assert rows[0]["task"] == "extract_text"  # one name for the task everywhere, "ocr" is its alias
     [first_call, *_] = fake.calls
     assert first_call.result is not None
     assert rows[0] == result_row(job.settings, items[0], rows[0]["fingerprint"], first_call.result)

@@ -75,10 +75,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..errors import OptionsError
     from ..jobs import BatchJob, BatchSettings, batch_settings, check_output, collect_items
     from ..model import VisionModel
-    from ..tasks import get_task
 
-    # jobs record extract_text as "ocr" (the name in files written before the task registry).
-    args.task = {"extract_text": "ocr"}.get(get_task(args.task).name, get_task(args.task).name)
     # The command's options carry the settings' names, so the mapping cannot drift.
     try:
         settings = batch_settings(**{name: getattr(args, name) for name in BatchSettings.model_fields})

@@ -15,12 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import OptionsError
 from ..options import GenerationOptions, resolve_options
+from ..tasks import TASKS as TASK_REGISTRY
+from ..tasks import get_task
 from .items import BatchItem
 
 __all__ = ["TASKS", "BatchKeywords", "BatchSettings", "Task", "batch_settings"]
 
-Task = Literal["describe", "ocr", "ask", "extract"]
-TASKS: tuple[Task, ...] = ("describe", "ocr", "ask", "extract")
+Task = Literal["describe", "extract_text", "ask", "extract"]
+TASKS: tuple[Task, ...] = cast(
+    "tuple[Task, ...]", tuple(name for name, spec in TASK_REGISTRY.items() if spec.batch)
+)
+"""The tasks a batch job runs: the registry's (phi3vision.tasks) with ``batch=True``. A task's
+old spelling ("ocr") is accepted and becomes its name."""
 
 
 class BatchSettings(BaseModel):
@@ -48,9 +54,10 @@ class BatchSettings(BaseModel):
     @field_validator("task", mode="before")
     @classmethod
     def _known_task(cls, task: object) -> object:
-        if task not in TASKS:
+        name = get_task(task).name if isinstance(task, str) and task else task
+        if name not in TASKS:
             raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-        return task
+        return name
 
     @field_validator("question")
     @classmethod

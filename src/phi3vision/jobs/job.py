@@ -24,7 +24,7 @@ from ..errors import OutputParseError, Phi3VisionError
 from ..images.sources import is_remote
 from ..prompt import Prompt
 from ..results import Generation, ModelRef
-from ..tasks import extract_instruction
+from ..tasks import extract_instruction, get_task
 from .config import BatchSettings, Task, batch_settings
 from .items import BatchItem, check_unique_keys
 from .results_file import ResultsFile
@@ -135,6 +135,9 @@ def content_digest(source: str) -> str:
     except OSError:
         return "unreadable:" + hashlib.sha256(source.encode("utf-8")).hexdigest()
     return "sha256:" + digest.hexdigest()
+
+
+_FINGERPRINT_TASK_NAMES = {"extract_text": "ocr"}
 
 
 class JobExecutor(ABC):
@@ -274,7 +277,7 @@ class BatchJob:
         prompts = self.model.task_prompts
         if self.settings.task == "extract":
             return extract_instruction(prompts.extract, self.settings.options.json_schema)
-        return prompts.describe if self.settings.task == "describe" else prompts.extract_text
+        return str(get_task(self.settings.task).instruction(prompts))
 
     def _settings_key(self) -> str:
         if isinstance(self.model, JobExecutor):
@@ -285,7 +288,9 @@ class BatchJob:
         return json.dumps(
             {
                 "v": _RECORD_VERSION,
-                "task": self.settings.task,
+                # Fingerprints keep the name extract_text had before the task registry ("ocr"),
+                # so that files written then still resume.
+                "task": _FINGERPRINT_TASK_NAMES.get(self.settings.task, self.settings.task),
                 "model": model_id,
                 "revision": revision,
                 "num_crops": num_crops,
