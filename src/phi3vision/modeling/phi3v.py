@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Phi3ForCausalLM
+
+from ._quiet import quiet_loggers
+
+# transformers imports its torchao quantizer whenever torchao is installed (the quant extra).
+# A CPU-only torchao then logs that its CUDA kernels are missing, and torch logs that torchao
+# registers enums the old way: lines about the install, not about any call, that would
+# otherwise greet every user of a plain call.
+with quiet_loggers("torchao", "torch.utils._pytree"):
+    from transformers import Phi3ForCausalLM
 
 from .config import Phi3VConfigs
 from .image_embedding import ImageEmbedding
