@@ -164,3 +164,20 @@ def test_a_route_may_use_a_task_s_old_spelling() -> None:
     fake = FakeVisionModel({"ocr": "RECEIPT"})
     assert fake.extract_text(SQUARE).lines == ["RECEIPT"]
     assert fake.ask("What does the ocr say?").text == "fake answer to ask with 0 image(s)"
+
+
+def test_two_threads_can_load_models_at_once(golden_checkpoint: Path) -> None:
+    """Loading builds modules on the meta device, which patches torch for the whole process:
+    two loads at once (a threaded Dask worker, a server starting two models) must not see each
+    other's meta parameters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phi3vision import VisionModel
+
+    def load_and_generate(_: int) -> str:
+        with VisionModel.from_pretrained(golden_checkpoint, device="cpu", dtype="float32") as model:
+            return model.generate("Hello", max_new_tokens=4, stop=[]).text
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(load_and_generate, range(2))
+    assert first == second

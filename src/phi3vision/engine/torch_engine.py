@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from ..results import Generation
 
 
+_LOADING = threading.Lock()
+"""Held while a checkpoint is built and loaded (see ``TorchEngine.load``)."""
+
+
 class PromptTensors:
     """One prompt as the engine sees it: its ids, and its images' pixel views and content
     keys, each made once and only when needed (an image whose features are cached never
@@ -157,8 +161,10 @@ class TorchEngine:
         torch_dtype, dtype_choice = choose_dtype(dtype, torch_device)
         attn_choice = choose_attn_implementation(attn_implementation, torch_device, torch_dtype)
         warn_if_over_memory(checkpoint.config, torch_device.type, dtype_choice.value, quantization, num_crops)
-        module = build_empty_model(checkpoint.config, attn_choice.value)
-        with device_errors():
+        # accelerate's init_empty_weights patches torch.nn.Module for the whole process while it
+        # builds: a module made meanwhile by another thread's load would get meta parameters.
+        with _LOADING, device_errors():
+            module = build_empty_model(checkpoint.config, attn_choice.value)
             load_weights(module, checkpoint, torch_device, torch_dtype, quantization)
         reasons = {
             "device": device_choice.reason,
