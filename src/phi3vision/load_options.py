@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .images import ImagePolicy
 from .limits import RequestLimits
@@ -15,7 +15,7 @@ from .options import options_error
 class LoadOptions(BaseModel):
     """The keyword arguments of ``VisionModel.from_pretrained`` (see its docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     device: str = "auto"
     dtype: str = "auto"
@@ -28,6 +28,14 @@ class LoadOptions(BaseModel):
     compile: bool = False
     limits: RequestLimits | None = None
     quantization: str | None = Field(None, description='None, "int8", "int4" or "nf4" (docs/loading.md)')
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, value: Any) -> Any:
+        """A ``torch.device`` is taken as its name ("cuda:1"), without importing torch here."""
+        if type(value).__module__ == "torch" and type(value).__name__ == "device":
+            return str(value)
+        return value
 
     @classmethod
     def of(cls, **fields: Any) -> LoadOptions:

@@ -181,3 +181,13 @@ def test_two_threads_can_load_models_at_once(golden_checkpoint: Path) -> None:
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(load_and_generate, range(2))
     assert first == second
+
+
+def test_load_options_are_strict_and_take_a_torch_device() -> None:
+    import torch
+
+    assert LoadOptions.of(device=torch.device("cpu")).device == "cpu"
+    with pytest.raises(OptionsError, match="feature_cache_size"):
+        LoadOptions.of(feature_cache_size="3")
+    with pytest.raises(OptionsError, match="compile"):
+        LoadOptions.of(compile="yes")

@@ -334,8 +334,8 @@ def _prepare(args: argparse.Namespace) -> None:
             args.options = resolve_options(None, fields)
         except OptionsError as exc:
             sub.error(str(exc))
-    if hasattr(args, "attn"):  # the commands that load a model (info's --device only plans)
-        _check_model_options(args, sub)
+    if hasattr(args, "device"):  # info's --device only plans: its name is checked, not the machine
+        _check_model_options(args, sub, loads=hasattr(args, "attn"))
     if args.command == "ask" and not args.question.strip():
         sub.error("-q/--question must not be empty")
     images = getattr(args, "images", [])
@@ -364,7 +364,7 @@ def _read_schema(path: str, sub: argparse.ArgumentParser) -> dict[str, object]:
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
 
 
-def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
+def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser, loads: bool = True) -> None:
     """Model options that cannot work are usage errors before the model loads: a device name
     that is not one, too many crops, a dtype or attention the device cannot run. Whether a GPU
     is there at all is not a usage error (exit 1, as when loading)."""
@@ -375,7 +375,7 @@ def _check_model_options(args: argparse.Namespace, sub: argparse.ArgumentParser)
     if args.num_crops is not None and args.num_crops > MAX_NUM_CROPS:
         sub.error(f"argument --num-crops: must be at most {MAX_NUM_CROPS}, got {args.num_crops}")
     attn = getattr(args, "attn", "auto")  # info's memory-plan options have no --attn
-    if args.dtype == "auto" and attn == "auto":
+    if not loads or (args.dtype == "auto" and attn == "auto"):
         return  # nothing to check against the device: no need to import torch
     from ..devices import choose_attn_implementation, choose_device, choose_dtype
     from ..errors import DeviceError
