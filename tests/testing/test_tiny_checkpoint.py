@@ -208,14 +208,14 @@ def test_a_directory_with_files_is_refused(tmp_path: Path) -> None:
 def test_no_path_means_one_shared_directory_per_arguments() -> None:
     """Calls without a path do not each leave a new copy in the temporary folder."""
     temporary = Path(tempfile.gettempdir())
-    first = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=7)
+    first = tiny_checkpoint(num_hidden_layers=1, seed=7)
     try:
         before = set(temporary.iterdir())
-        again = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=7)
+        again = tiny_checkpoint(num_hidden_layers=1, seed=7)
         assert again == first and set(temporary.iterdir()) == before
         assert (first / "model.safetensors").is_file() and (first / "config.json").is_file()
         assert not list(temporary.glob(f"{first.name}.partial-*"))
-        other = tiny_checkpoint(num_hidden_layers=1, vision_layers=1, seed=8)
+        other = tiny_checkpoint(num_hidden_layers=1, seed=8)
         try:
             assert other != first and other.parent == first.parent
         finally:
