@@ -145,8 +145,6 @@ def _check_sizes(sizes: dict[str, Any]) -> dict[str, int]:
         problems.append("the head size (hidden_size / num_attention_heads) must be even (rotary embeddings)")
     if chosen["num_attention_heads"] % chosen["num_key_value_heads"]:
         problems.append("num_attention_heads must be a multiple of num_key_value_heads")
-    if chosen["vision_layers"] < 2:  # the image features come from CLIP's second-to-last layer
-        problems.append("vision_layers must be at least 2 (the features come from layer_idx -2)")
     if chosen["vision_hidden_size"] % chosen["vision_heads"]:
         problems.append("vision_hidden_size must be a multiple of vision_heads")
     if chosen["num_crops"] > MAX_NUM_CROPS:
