@@ -35,4 +35,5 @@ class PreparedPrompt:
 
     @property
     def num_image_tokens(self) -> int:
-        return sum(self.image_token_counts)
+        """Prompt positions holding image features: a repeated placeholder counts at each place."""
+        return sum(1 for token in self.token_ids if token < 0)
