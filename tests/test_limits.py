@@ -138,11 +138,11 @@ def test_from_pretrained_refuses_wrong_types_before_loading(
 def test_the_model_constructor_checks_too(cpu_model: Any) -> None:
     from phi3vision import VisionModel
 
-    parts = (cpu_model.module, cpu_model.processor, cpu_model._checkpoint, cpu_model.device, cpu_model.dtype)
+    parts = (cpu_model.engine, cpu_model.processor)
     with pytest.raises(OptionsError, match="image_policy"):
-        VisionModel(*parts, "sdpa", {}, image_policy={})  # type: ignore[arg-type]
+        VisionModel(*parts, image_policy={})  # type: ignore[arg-type]
     with pytest.raises(OptionsError, match="limits"):
-        VisionModel(*parts, "sdpa", {}, limits="4")  # type: ignore[arg-type]
+        VisionModel(*parts, limits="4")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ slack come on top (about 0.3-0.5 GB on a CPU). docs/loading.md compares them wit
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -314,5 +315,17 @@ def warn_if_over_memory(
             f"{', ' + quantization if quantization else ''}; one image at num_crops {num_crops}), "
             f"but only {available / 2**30:.1f} GiB is available; try quantization='int8' or dtype='bfloat16'",
             MemoryWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside phi3vision (the
+    user's ``from_pretrained`` line), however deep inside the library it is raised."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)  # the function that warns
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level

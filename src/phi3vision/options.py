@@ -162,6 +162,9 @@ def resolve_options(
     else:
         raise OptionsError(f"options must be GenerationOptions or a dict, got {type(options).__name__}")
     base.update(overrides)
+    unnamed = [name for name in base if not isinstance(name, str)]
+    if unnamed:
+        raise OptionsError(f"invalid generation options: option names are strings, got {unnamed[0]!r:.40}")
     try:
         return GenerationOptions.model_validate(base)
     except ValidationError as exc:

@@ -32,7 +32,7 @@ from .jobs import BatchItem, JobExecutor, batch_settings, result_row
 from .options import GenerationOptions, resolve_options
 from .prompt import Prompt
 from .results import Generation
-from .tasks import TaskPrompts, get_task
+from .tasks import TASK_ALIASES, TaskPrompts, get_task
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -251,7 +251,7 @@ def _key_column(names: Sequence[str], column: str, sample: Any) -> str:
 
 def _check_task(task: str) -> str:
     """The task's name (an old spelling such as "ocr" is accepted); map_images runs MAP_TASKS."""
-    name = get_task(task).name if isinstance(task, str) else task
+    name = TASK_ALIASES.get(task, task) if isinstance(task, str) else task
     if name not in MAP_TASKS:
         raise OptionsError(f"map_images runs the tasks {', '.join(MAP_TASKS)}, not {task!r}")
     return str(name)
