@@ -26,12 +26,23 @@ from __future__ import annotations
 
 from .config import TASKS, BatchKeywords, BatchSettings, Task, batch_settings
 from .items import IMAGE_EXTENSIONS, MANIFEST_SUFFIXES, BatchItem, collect_items, find_images, read_manifest
-from .job import BatchJob, BatchSummary, JobExecutor, failed_result, result_row, run_batch
+from .job import (
+    RESULT_FIELDS,
+    ROW_FIELDS,
+    BatchJob,
+    BatchSummary,
+    JobExecutor,
+    failed_result,
+    result_row,
+    run_batch,
+)
 from .results_file import check_output
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MANIFEST_SUFFIXES",
+    "RESULT_FIELDS",
+    "ROW_FIELDS",
     "TASKS",
     "BatchItem",
     "BatchJob",

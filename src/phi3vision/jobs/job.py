@@ -37,12 +37,25 @@ if TYPE_CHECKING:
     from ..tasks import TaskPrompts
     from .config import BatchKeywords
 
-__all__ = ["BatchJob", "BatchSummary", "JobExecutor", "failed_result", "result_row", "run_batch"]
+__all__ = [
+    "RESULT_FIELDS",
+    "ROW_FIELDS",
+    "BatchJob",
+    "BatchSummary",
+    "JobExecutor",
+    "failed_result",
+    "result_row",
+    "run_batch",
+]
 
 _RECORD_VERSION = 1
 """Bumped when the fingerprint recipe changes, so that an old file is not resumed wrongly."""
 
-_RESULT_FIELDS = {"text", "finish_reason", "usage", "timings", "model", "error"}
+RESULT_FIELDS = ("text", "finish_reason", "usage", "timings", "model", "error")
+"""The fields of a ``Generation`` that an output row carries."""
+
+ROW_FIELDS = ("key", "input", "task", "status", *RESULT_FIELDS)
+"""The fields of every output row, in order, before its ``fingerprint`` (and an extract's ``value``)."""
 
 
 def failed_result(exc: BaseException, model: ModelRef | None = None) -> Generation:
@@ -113,7 +126,7 @@ def result_row(
         "input": {"image": item.image, "question": settings.question_for(item)},
         "task": settings.task,
         "status": "failed" if result.finish_reason == "error" else "done",
-        **result.model_dump(mode="json", include=_RESULT_FIELDS),
+        **result.model_dump(mode="json", include=set(RESULT_FIELDS)),
         "fingerprint": fingerprint,
     }
     if settings.task == "extract":  # the validated object (the schema-constrained answer)

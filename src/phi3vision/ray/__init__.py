@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingExtraError, OptionsError, Phi3VisionError
-from ..jobs import BatchItem, batch_settings, result_row
+from ..jobs import ROW_FIELDS, BatchItem, batch_settings, result_row
 from ..options import resolve_options
 from ..prompt import Prompt
 from ..results import Generation
@@ -56,19 +56,6 @@ IMAGE_COLUMNS: tuple[str, ...] = ("image", "bytes", "path", "url")
 ``ray.data.read_images`` makes (a pixel array), ``bytes`` what ``read_binary_files`` makes,
 ``path`` and ``url`` strings that the image loader reads."""
 
-ROW_FIELDS = (
-    "key",
-    "input",
-    "task",
-    "status",
-    "text",
-    "finish_reason",
-    "usage",
-    "timings",
-    "model",
-    "error",
-)
-"""The columns of an output row, in order (``keep_columns`` follow them)."""
 
 _KEY_COLUMNS = ("key", "path", "url")
 

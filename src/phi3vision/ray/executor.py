@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..jobs import JobExecutor
+from ..jobs import RESULT_FIELDS, JobExecutor
 from ..options import GenerationOptions
 from ..results import Generation
 from ..tasks import TaskPrompts
@@ -104,7 +104,7 @@ class RayExecutor(JobExecutor):
         )
         results.context.execution_options.preserve_order = True
         for row in results.iter_rows():
-            yield Generation.model_validate({name: row[name] for name in _RESULT_FIELDS})
+            yield Generation.model_validate({name: row[name] for name in RESULT_FIELDS})
 
     def close(self) -> None:
         if self._started:
@@ -117,5 +117,3 @@ class RayExecutor(JobExecutor):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-
-_RESULT_FIELDS = ("text", "finish_reason", "usage", "timings", "model", "error")
