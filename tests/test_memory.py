@@ -143,3 +143,35 @@ def test_planning_does_not_import_torch(golden_checkpoint: Path) -> None:
         "assert plan.weights_bytes > 0; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_int8_on_a_cpu_plans_its_kernel_s_bfloat16_copies() -> None:
+    # A long prompt, so that the prefill (not the vision stage) is the activation peak.
+    plain = plan_memory(REAL_CONFIG, device="cpu", dtype="float32", num_crops=4, prompt_tokens=8000)
+    int8 = plan_memory(
+        REAL_CONFIG, device="cpu", dtype="float32", quantization="int8", num_crops=4, prompt_tokens=8000
+    )
+    hidden, intermediate = REAL_CONFIG["hidden_size"], REAL_CONFIG["intermediate_size"]
+    copies = int8.prompt_tokens * (hidden + 2 * intermediate) * 2  # gate_up's input and output
+    assert int8.activation_peak_bytes == plain.activation_peak_bytes + copies
+
+
+def test_the_prefill_hands_lm_head_compact_rows(golden_checkpoint: Path) -> None:
+    """transformers slices the last position as a strided view of the hidden states; a bfloat16
+    linear on a CPU copies its whole weight first over such a view (188 MiB for Phi-3's lm_head).
+    Every input lm_head gets, prefill and decode, has the strides of a fresh tensor."""
+    import torch
+
+    from phi3vision import VisionModel
+
+    with VisionModel.from_pretrained(golden_checkpoint, device="cpu", dtype="bfloat16") as vm:
+        inputs: list[torch.Tensor] = []
+        lm_head = vm.module.language_model.lm_head
+        hook = lm_head.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        try:
+            result = vm.generate("Describe a lighthouse in a storm.", max_new_tokens=3, stop=[])
+        finally:
+            hook.remove()
+    assert result.usage.completion_tokens == 3
+    assert len(inputs) == 3 and inputs[0].shape == (1, 1, lm_head.in_features)
+    assert all(x.stride() == torch.empty(x.shape).stride() for x in inputs)

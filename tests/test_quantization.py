@@ -141,3 +141,24 @@ def test_int8_logits_stay_close_to_float32(int8_model: VisionModel, cpu_model: V
     reference = cpu_model.logits(encoding)
     quantised = int8_model.logits(encoding)
     assert (quantised - reference).norm() / reference.norm() < 0.05
+
+
+@needs_torchao
+def test_the_quant_bench_measures_every_variant_and_calibrates_the_agreement(golden_checkpoint: Path) -> None:
+    from phi3vision import bench_quant
+
+    result = bench_quant.measure(golden_checkpoint, 1, num_crops=2, new_tokens=4, log=lambda message: None)
+    rows = result["variants"]
+    assert list(rows) == ["float32", "bfloat16", "float32 + int8"]
+    assert rows["float32"]["top1_agreement"] == 1.0 and rows["float32"]["rss_ratio"] == 1.0
+    for row in rows.values():
+        assert 0.0 <= row["top1_agreement"] <= 1.0
+        assert row["decode_tokens_per_s"] > 0 and row["plan_total_bytes"] > 0
+        assert row["call_peak_added_rss_bytes"] > 0
+    calibration = result["calibration"]
+    assert list(calibration["noise_agreement"]) == [str(level) for level in bench_quant.NOISE_LEVELS]
+    assert all(0.0 <= a <= 1.0 for a in calibration["noise_agreement"].values())
+    # Symmetric per-row int8 of normal weights: an error of about 1/127 of a row's largest weight.
+    assert 0.001 < calibration["int8_weight_error"] < 0.02
+    table = bench_quant.render(result)
+    assert "| float32 + int8 |" in table and "| int8 (the row above) |" in table

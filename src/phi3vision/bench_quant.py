@@ -11,7 +11,10 @@ process that fills the page cache):
 - batch-1 decode tokens/s (``timings.tokens_per_second`` of a text prompt, ``--new-tokens``);
 - greedy top-1 agreement with float32: the argmax of the logits at every position of one
   fixed prompt, quantised against float32;
-- the peak RSS of one call with one image at ``--num-crops`` against ``phi3vision.plan_memory``.
+- the peak RSS of one call with one image at ``--num-crops`` against ``phi3vision.plan_memory``;
+- a calibration of the agreement figure on this checkpoint: float32's agreement with itself
+  when the quantised layers' weights get Gaussian noise of a known relative size, next to the
+  relative error of the int8 weights (what a weight error of that size costs here).
 
 Ratios compare figures of the same run. Output: a markdown table, then one JSON line.
 """
@@ -38,6 +41,9 @@ PROMPT_TEXT = (
     "questions about them. Quantised weights make it fit on smaller machines, if the answers stay "
     "the same. This paragraph is the prompt over which the greedy choices are compared. "
 ) * 4
+
+NOISE_LEVELS = (0.001, 0.002, 0.004, 0.008)
+"""Relative RMS sizes of the Gaussian weight noise of the agreement calibration."""
 
 TARGETS = {"rss_ratio": 0.55, "agreement": 0.95, "decode_speedup": 1.5, "plan_error": 0.15}
 """Issue 14: int8 load RSS <= 0.55x float32, top-1 agreement >= 95%, decode >= 1.5x float32,
@@ -91,8 +97,10 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
         prompt_tokens=int(image_encoding.input_ids.shape[1]),
         max_new_tokens=new_tokens,
     )
+    calibration = agreement_calibration(vm, encoding) if quantization is None and dtype == "float32" else {}
     del torch
     return {
+        **calibration,
         "rss_before_load_bytes": before,
         "load_added_rss_bytes": load_peak - before,
         "after_load_added_rss_bytes": after - before,
@@ -104,6 +112,46 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
         "plan_weights_bytes": plan.weights_bytes,
         "prompt_tokens": plan.prompt_tokens,
     }
+
+
+def agreement_calibration(vm: Any, encoding: Any) -> dict[str, Any]:
+    """On a float32 model: the top-1 choices over ``encoding`` with Gaussian noise of each of
+    ``NOISE_LEVELS`` (relative to each weight's RMS) added to the layers that quantisation
+    replaces, and the relative RMS error of those weights quantised to int8 (when torchao is
+    installed). The weights are restored afterwards."""
+    import importlib.util
+
+    import torch
+
+    from .quantization import is_quantization_target
+
+    targets = [m for name, m in vm.module.named_modules() if is_quantization_target(name, m)]
+    originals = [m.weight.detach().clone() for m in targets]
+    generator = torch.Generator().manual_seed(0)
+    noisy_top1: dict[str, list[int]] = {}
+    try:
+        for level in NOISE_LEVELS:
+            with torch.no_grad():
+                for module, weight in zip(targets, originals, strict=True):
+                    scale = weight.pow(2).mean().sqrt() * level
+                    module.weight.copy_(weight + torch.randn(weight.shape, generator=generator) * scale)
+            noisy_top1[str(level)] = vm.logits(encoding)[0].argmax(-1).tolist()
+    finally:
+        with torch.no_grad():
+            for module, weight in zip(targets, originals, strict=True):
+                module.weight.copy_(weight)
+    result: dict[str, Any] = {"noise_top1": noisy_top1, "int8_weight_error": None}
+    if importlib.util.find_spec("torchao") is not None:
+        from .modeling.quantized import Int8CpuLinear
+
+        squared_error = squared_norm = 0.0
+        for module in targets:
+            quantized = Int8CpuLinear.from_linear(module, torch.float32)
+            restored = quantized.weight.float() * quantized.scale.float()[:, None]
+            squared_error += float((restored - module.weight).pow(2).sum())
+            squared_norm += float(module.weight.pow(2).sum())
+        result["int8_weight_error"] = (squared_error / squared_norm) ** 0.5
+    return result
 
 
 def _run_probe(path: Path, variant: Variant, num_crops: int, new_tokens: int) -> dict[str, Any]:
@@ -172,7 +220,20 @@ def measure(
             "prompt_positions": len(reference),
             "image_prompt_tokens": runs[variant][0]["prompt_tokens"],
         }
-    return {"runs": runs_per_variant, "num_crops": num_crops, "targets": TARGETS, "variants": rows}
+    calibration = {
+        level: sum(a == b for a, b in zip(top1, reference, strict=True)) / len(reference)
+        for level, top1 in runs[base][0].get("noise_top1", {}).items()
+    }
+    return {
+        "runs": runs_per_variant,
+        "num_crops": num_crops,
+        "targets": TARGETS,
+        "variants": rows,
+        "calibration": {
+            "noise_agreement": calibration,
+            "int8_weight_error": runs[base][0].get("int8_weight_error"),
+        },
+    }
 
 
 def section_quant(bench: Any) -> dict[str, Any]:
@@ -198,6 +259,19 @@ def render(result: dict[str, Any]) -> str:
             f"| {row['top1_agreement']:.1%} | {mib(row['call_peak_added_rss_bytes'])} "
             f"| {mib(row['plan_total_bytes'])} | {row['plan_error']:+.1%} |"
         )
+    calibration = result.get("calibration") or {}
+    if calibration.get("noise_agreement"):
+        lines += [
+            "",
+            "| float32 weights of the quantised layers | relative weight error | top-1 agreement |",
+            "|---|---|---|",
+        ]
+        for level, agreement in calibration["noise_agreement"].items():
+            lines.append(f"| + Gaussian noise | {float(level):.1%} | {agreement:.1%} |")
+        error = calibration.get("int8_weight_error")
+        quantized = result["variants"].get("float32 + int8")
+        if error is not None and quantized is not None:
+            lines.append(f"| int8 (the row above) | {error:.2%} | {quantized['top1_agreement']:.1%} |")
     return "\n".join(lines)
 
 

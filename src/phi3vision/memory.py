@@ -166,6 +166,9 @@ def activation_peak_bytes(
     num_images: int = 1,
     num_crops: int = 16,
     prompt_tokens: int | None = None,
+    *,
+    quantization: str | None = None,
+    device_type: str = "cpu",
 ) -> int:
     """The largest transient memory of one call (batch 1), the larger of two stages.
 
@@ -177,7 +180,9 @@ def activation_peak_bytes(
     the image features at the language model's width, the embeddings and the residual stream,
     and one decoder layer's qkv, rotated q and k, attention output, gate_up, the gated
     product and the MLP output. Attention itself is PyTorch's fused kernel (no ``P x P``
-    scores) and only the last position's logits are computed.
+    scores) and only the last position's logits are computed. With int8 on a CPU the largest
+    quantised linear (gate_up) also holds its input and output in bfloat16, the dtype its
+    kernel computes in (``modeling.quantized.Int8CpuLinear``).
     """
     s = _sizes(config)
     size = DTYPE_BYTES[dtype]
@@ -193,6 +198,8 @@ def activation_peak_bytes(
     positions = prompt_tokens if prompt_tokens is not None else image_positions + DEFAULT_TEXT_TOKENS
     h, i, qkv = s["hidden"], s["intermediate"], s["hidden"] + 2 * s["kv_heads"] * s["head_dim"]
     prefill = image_positions * h * size + positions * (3 * h + 2 * qkv + 3 * i + h) * size
+    if quantization == "int8" and device_type == "cpu":
+        prefill += positions * (h + 2 * i) * DTYPE_BYTES["bfloat16"]
     return max(vision, prefill) + s["vocab"] * 4
 
 
@@ -258,7 +265,9 @@ def plan_memory(
     weights = weight_bytes(config, dtype_name, quantization)
     per_token = kv_cache_bytes_per_token(config, dtype_name)
     kv_cache = per_token * (positions + max_new_tokens)
-    activations = activation_peak_bytes(config, dtype_name, num_images, crops, positions)
+    activations = activation_peak_bytes(
+        config, dtype_name, num_images, crops, positions, quantization=quantization, device_type=device_type
+    )
     return MemoryPlan(
         device=device,
         dtype=dtype_name,

@@ -91,12 +91,27 @@ class Phi3VForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> Any:
-        """Run the language model on embeddings; returns transformers' CausalLMOutputWithPast."""
+        """Run the language model on embeddings; returns transformers' CausalLMOutputWithPast
+        with the logits of the last ``logits_to_keep`` positions (0: all)."""
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
+            logits_to_keep=_last_positions(inputs_embeds, logits_to_keep),
             **{_CACHE_ARGUMENT: past_key_values},
         )
+
+
+def _last_positions(inputs_embeds: torch.Tensor, count: int) -> int | torch.Tensor:
+    """``logits_to_keep`` for the last ``count`` positions, as indices rather than a count.
+
+    Given a count, transformers hands ``lm_head`` a strided view of the hidden states
+    ``(B, count, hidden)``; over such a view a bfloat16 linear on a CPU copies its whole weight
+    first (188 MiB for Phi-3's lm_head, on every prefill). Indexing with a tensor gives
+    ``lm_head`` a compact copy of those rows instead.
+    """
+    length = inputs_embeds.shape[1]
+    if count <= 0 or count >= length:
+        return 0  # every position: the hidden states themselves, no view
+    return torch.arange(length - count, length, device=inputs_embeds.device)  # (count,)
