@@ -5,16 +5,24 @@
   through the part of the Hub's HTTP API that huggingface_hub uses to download a snapshot:
   the model info (``/api/models/REPO[/revision/REV]``), the file tree
   (``/api/models/REPO/tree/REV``) and the files (``HEAD``/``GET /REPO/resolve/REV/FILE``).
+  With ``answers`` it answers only some kinds of request and holds the others unanswered
+  (a Hub, or a proxy, that stops answering part-way).
+- ``run_against(endpoint, hf_home, script, *args)``: a Python script in a fresh process
+  pointed at a stand-in, with 1 s Hub timeouts; ``hub_unavailable_message(run)`` checks the
+  error it printed.
 
-Point huggingface_hub at one with ``HF_ENDPOINT`` (read when huggingface_hub is imported, so
-the code under test runs in a subprocess).
+huggingface_hub reads ``HF_ENDPOINT`` when it is imported, so the code under test runs in a
+subprocess.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +31,43 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+REQUEST_KINDS = frozenset({"info", "tree", "head", "get"})
+"""What ``checkpoint_hub`` answers: the model info, the file tree, a file's metadata (HEAD)
+and a file's content (GET)."""
+
+
+def run_against(
+    endpoint: str, hf_home: Path, script: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh process whose huggingface_hub talks to ``endpoint``, caches in
+    ``hf_home`` and waits 1 s for the Hub (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,  # far above what 1 s timeouts allow: a hang fails the test instead of CI
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(hf_home),
+            "HF_HUB_ETAG_TIMEOUT": "1",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "1",
+            **env,
+        },
+        check=False,
+    )
+
+
+def hub_unavailable_message(run: subprocess.CompletedProcess[str]) -> str:
+    """The message of the one-line ``HubUnavailableError`` that a script run by ``run_against``
+    printed as ``KIND MESSAGE`` (exit status 3), checked to name the ways out."""
+    assert run.returncode == 3, run.stdout + run.stderr
+    kind, _, message = run.stdout.strip().partition(" ")
+    assert kind == "HubUnavailableError" and "\n" not in message, run.stdout
+    for way_out in ("--model DIR", "PHI3VISION_MODEL=DIR", "HF_HUB_OFFLINE"):
+        assert way_out in message
+    return message
 
 
 @contextmanager
@@ -53,12 +98,16 @@ def hanging_hub() -> Iterator[str]:
 
 
 @contextmanager
-def checkpoint_hub(directory: Path, repo_id: str) -> Iterator[tuple[str, list[str]]]:
+def checkpoint_hub(
+    directory: Path, repo_id: str, answers: frozenset[str] = REQUEST_KINDS
+) -> Iterator[tuple[str, list[str]]]:
     """The endpoint URL of a Hub serving ``directory`` as ``repo_id`` (at commit ``COMMIT``),
-    and the list of request paths it was asked for (to check what was downloaded)."""
+    and the requests (``"METHOD PATH"``) it was asked for, to check what was downloaded.
+    A request of a kind (see ``REQUEST_KINDS``) not in ``answers`` gets no answer at all."""
     files = {path.name: path for path in sorted(directory.iterdir()) if path.is_file()}
     etags = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
     requests: list[str] = []
+    stopping = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # keep the test output clean
@@ -79,12 +128,25 @@ def checkpoint_hub(directory: Path, repo_id: str) -> Iterator[tuple[str, list[st
         def _not_found(self, head: bool = False) -> None:
             self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, head)
 
+        def _kind(self, path: str, head: bool) -> str | None:
+            api = f"/api/models/{repo_id}/"
+            if (path == api.rstrip("/") or path.startswith(api + "revision/")) and not head:
+                return "info"
+            if path.startswith(api + "tree/") and not head:
+                return "tree"
+            if path.startswith(f"/{repo_id}/resolve/"):
+                return "head" if head else "get"
+            return None
+
         def _route(self, head: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             requests.append(f"{self.command} {path}")
-            api = f"/api/models/{repo_id}/"
+            kind = self._kind(path, head)
+            if kind is not None and kind not in answers:
+                stopping.wait()  # hold the connection, never answer
+                return
             resolve = f"/{repo_id}/resolve/"
-            if (path == api.rstrip("/") or path.startswith(api + "revision/")) and not head:
+            if kind == "info":
                 self._json(
                     {
                         "id": repo_id,
@@ -95,14 +157,14 @@ def checkpoint_hub(directory: Path, repo_id: str) -> Iterator[tuple[str, list[st
                         ],
                     }
                 )
-            elif path.startswith(api + "tree/") and not head:
+            elif kind == "tree":
                 self._json(
                     [
                         {"type": "file", "path": name, "size": file.stat().st_size, "oid": etags[name]}
                         for name, file in files.items()
                     ]
                 )
-            elif path.startswith(resolve) and path[len(resolve) :].partition("/")[2] in files:
+            elif kind in ("head", "get") and path[len(resolve) :].partition("/")[2] in files:
                 name = path[len(resolve) :].partition("/")[2]
                 body = files[name].read_bytes()
                 headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etags[name]}"'}
@@ -122,6 +184,7 @@ def checkpoint_hub(directory: Path, repo_id: str) -> Iterator[tuple[str, list[st
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", requests
     finally:
+        stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from phi3vision import CheckpointError, VisionModel
 from phi3vision.loading import resolve_directory
 
 from .conftest import GOLDEN_CHECKPOINT
-from .hub_stand_in import COMMIT, checkpoint_hub, hanging_hub
+from .hub_stand_in import COMMIT, checkpoint_hub, hanging_hub, hub_unavailable_message, run_against
 
 
 @pytest.fixture
@@ -216,43 +214,35 @@ except CheckpointError as error:
 
 def _resolve(repo_id: str, hf_home: Path, endpoint: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``resolve_directory(repo_id)`` in a fresh process against ``endpoint``, with 1 s timeouts."""
-    return subprocess.run(
-        [sys.executable, "-c", _RESOLVE, repo_id],
-        capture_output=True,
-        text=True,
-        timeout=120,  # far above the 1 s the library may wait: a hang fails the test
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
-            "HF_ENDPOINT": endpoint,
-            "HF_HOME": str(hf_home),
-            "HF_HUB_ETAG_TIMEOUT": "1",
-            "HF_HUB_DOWNLOAD_TIMEOUT": "1",
-            **env,
-        },
-        check=False,
-    )
+    return run_against(endpoint, hf_home, _RESOLVE, repo_id, **env)
 
 
 def test_a_hub_that_never_answers_gives_one_clear_error(tmp_path: Path):
     with hanging_hub() as endpoint:
         run = _resolve("microsoft/Phi-3-vision-128k-instruct", tmp_path / "hf", endpoint)
-    assert run.returncode == 3, run.stdout + run.stderr
-    kind, _, message = run.stdout.strip().partition(" ")
-    assert kind == "HubUnavailableError" and "\n" not in message
+    message = hub_unavailable_message(run)
     assert message.startswith(f"cannot reach the Hugging Face Hub at {endpoint}")
-    for way_out in ("--model DIR", "PHI3VISION_MODEL=DIR", "HF_HUB_OFFLINE=1"):
-        assert way_out in message
-    assert ".." not in message and "HF_HUB_ETAG_TIMEOUT" in message
+    assert ".." not in message and "HF_HUB_ETAG_TIMEOUT" in message and "HF_HUB_OFFLINE=1 to use" in message
 
 
 def test_offline_with_nothing_cached_fails_at_once(tmp_path: Path):
     with hanging_hub() as endpoint:  # contacting it would hang: offline mode must not
         run = _resolve("microsoft/Phi-3-vision-128k-instruct", tmp_path / "hf", endpoint, HF_HUB_OFFLINE="1")
-    assert run.returncode == 3, run.stdout + run.stderr
-    kind, _, message = run.stdout.strip().partition(" ")
-    assert kind == "HubUnavailableError"
-    assert "HF_HUB_OFFLINE=1 forbids downloading it" in message
-    assert "unset HF_HUB_OFFLINE" in message and "--model DIR" in message and "PHI3VISION_MODEL" in message
+    message = hub_unavailable_message(run)
+    assert "HF_HUB_OFFLINE=1 forbids downloading it" in message and "unset HF_HUB_OFFLINE" in message
+
+
+def test_a_hub_that_stops_answering_after_the_model_info_gives_one_clear_error(
+    tmp_path: Path, golden_checkpoint: Path
+):
+    # A proxy that passes the API call and then hangs: every later request must time out.
+    with checkpoint_hub(golden_checkpoint, "org/tiny", answers=frozenset({"info"})) as (endpoint, requests):
+        run = _resolve("org/tiny", tmp_path / "hf", endpoint)
+    message = hub_unavailable_message(run)
+    assert message.startswith(f"cannot reach the Hugging Face Hub at {endpoint} for 'org/tiny'")
+    assert "HF_HUB_OFFLINE=1 to use" in message
+    assert "GET /api/models/org/tiny" in requests  # answered; what came after was not
+    assert any("/org/tiny/resolve/" in request for request in requests)
 
 
 def test_download_from_a_stand_in_hub_then_from_the_cache(tmp_path: Path, golden_checkpoint: Path):
@@ -269,6 +259,10 @@ def test_download_from_a_stand_in_hub_then_from_the_cache(tmp_path: Path, golden
             assert (directory / file.name).read_bytes() == file.read_bytes()
         assert not (directory / "modeling_phi3_v.py").exists()
         assert not any(request.endswith(".py") for request in requests)
+        # The model info lists the files: no other listing is asked for.
+        assert [request for request in requests if request.startswith("GET /api/models/")] == [
+            "GET /api/models/org/tiny"
+        ]
         # One line before the download: how much and where to.
         size = sum(file.stat().st_size for file in golden_checkpoint.iterdir()) / 1e6
         destination = hf_home / "hub" / "models--org--tiny"

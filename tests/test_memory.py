@@ -23,6 +23,7 @@ from phi3vision.memory import (
 )
 
 from .conftest import REFERENCE
+from .hub_stand_in import checkpoint_hub, hanging_hub, hub_unavailable_message, run_against
 
 REAL_CONFIG = json.loads((REFERENCE / "phi-3-vision-128k-instruct" / "config.json").read_text())
 
@@ -175,3 +176,52 @@ def test_the_prefill_hands_lm_head_compact_rows(golden_checkpoint: Path) -> None
     assert result.usage.completion_tokens == 3
     assert len(inputs) == 3 and inputs[0].shape == (1, 1, lm_head.in_features)
     assert all(x.stride() == torch.empty(x.shape).stride() for x in inputs)
+
+
+# --- A Hub id: stand-in Hubs on 127.0.0.1 (huggingface_hub reads HF_ENDPOINT when imported,
+# so each plan runs in a subprocess) -----------------------------------------------------------
+
+_PLAN = """
+import sys
+from phi3vision import CheckpointError, plan_memory
+try:
+    print(plan_memory(sys.argv[1], device="cpu").model_dump_json())
+except CheckpointError as error:
+    print(type(error).__name__, error)
+    sys.exit(3)
+"""
+
+
+def test_planning_a_hub_model_reads_only_its_two_config_files(
+    tmp_path: Path, golden_checkpoint: Path
+) -> None:
+    with checkpoint_hub(golden_checkpoint, "org/tiny") as (endpoint, requests):
+        run = run_against(endpoint, tmp_path / "hf", _PLAN, "org/tiny")
+        absent = run_against(endpoint, tmp_path / "hf", _PLAN, "org/absent")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout) == plan_memory(golden_checkpoint, device="cpu").model_dump(mode="json")
+    read = {request.rpartition("/")[2] for request in requests if "/resolve/" in request}
+    assert read == {"config.json", "preprocessor_config.json"}
+    assert absent.returncode == 3, absent.stdout + absent.stderr
+    kind, _, message = absent.stdout.strip().partition(" ")
+    assert kind == "CheckpointError" and "'org/absent'" in message and "HF_TOKEN" in message
+
+
+@pytest.mark.parametrize(
+    ("offline", "says"),
+    [
+        ("0", ["cannot reach the Hugging Face Hub at", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_OFFLINE=1 to use"]),
+        ("1", ["is not in the Hugging Face cache", "HF_HUB_OFFLINE=1 forbids", "unset HF_HUB_OFFLINE"]),
+    ],
+    ids=["hub-never-answers", "offline-nothing-cached"],
+)
+def test_planning_a_hub_model_that_cannot_be_fetched_names_the_ways_out(
+    tmp_path: Path, offline: str, says: list[str]
+) -> None:
+    with hanging_hub() as endpoint:  # offline mode must not contact it at all
+        run = run_against(
+            endpoint, tmp_path / "hf", _PLAN, "microsoft/Phi-3-vision-128k-instruct", HF_HUB_OFFLINE=offline
+        )
+    message = hub_unavailable_message(run)
+    for phrase in [*says, "'microsoft/Phi-3-vision-128k-instruct'"]:
+        assert phrase in message

@@ -55,6 +55,9 @@ CHECKPOINT_FILE_PATTERNS = [
 ]
 """What is fetched from the Hub: data files only, never the repository's Python code."""
 
+CONFIG_FILES = ["config.json", "preprocessor_config.json"]
+"""What is fetched from the Hub to plan a model's memory (``phi3vision.plan_memory``)."""
+
 WEIGHT_NAME_PREFIXES: tuple[tuple[str, str], ...] = (
     ("model.vision_embed_tokens.img_processor.vision_model.", "image_embedding.vision_tower.{vision}"),
     ("model.vision_embed_tokens.", "image_embedding."),
@@ -83,10 +86,12 @@ class Checkpoint:
     revision: str | None = None
 
 
-def resolve_directory(name_or_path: str | Path, revision: str | None = None) -> Path:
+def resolve_directory(
+    name_or_path: str | Path, revision: str | None = None, files: list[str] = CHECKPOINT_FILE_PATTERNS
+) -> Path:
     """A local checkpoint directory for ``name_or_path``: the directory itself, or a Hub
-    snapshot (downloaded on first use, then taken from the cache; ``HF_HOME`` and
-    ``HF_HUB_OFFLINE`` are respected)."""
+    snapshot holding the repository's ``files`` (names or patterns; downloaded on first use,
+    then taken from the cache; ``HF_HOME`` and ``HF_HUB_OFFLINE`` are respected)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -97,7 +102,7 @@ def resolve_directory(name_or_path: str | Path, revision: str | None = None) -> 
         raise CheckpointError(
             f"no checkpoint directory at {text!r}, and it is not a Hub model id like {DEFAULT_MODEL_ID!r}"
         )
-    return _download(text, revision)
+    return _download(text, revision, files)
 
 
 LOCAL_CHECKPOINT_WAY = (
@@ -113,17 +118,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " ".join(str(exc).split()).rstrip(".")
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
-    """The Hub snapshot of ``repo_id``: from the cache, or downloaded.
+def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    """The Hub snapshot of ``repo_id`` holding its files that match ``patterns``: from the
+    cache, or downloaded.
 
-    huggingface_hub waits for ever on a Hub that accepts connections and never answers (its
-    metadata requests have no timeout), so the first request is ours, with connect and read
-    timeouts of ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default). It also says how much is to be
-    downloaded. File downloads themselves time out after ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds
-    without data (huggingface_hub's own setting).
+    Every request has a timeout. huggingface_hub's own listings (``repo_info`` and
+    ``list_repo_tree`` in ``snapshot_download``) have none, so a Hub that accepts connections
+    and never answers would hang them for ever: the listing is ours instead, one ``model_info``
+    request with connect and read timeouts of ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default),
+    which also gives the commit and the file sizes. Then each file not cached yet is fetched
+    by ``_fetch``.
     """
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
 
     at = f" at revision {revision!r}" if revision else ""
     if constants.HF_HUB_OFFLINE:
@@ -135,37 +141,99 @@ def _download(repo_id: str, revision: str | None) -> Path:
             f"it, or {LOCAL_CHECKPOINT_WAY}.",
         )
     timeout = float(constants.HF_HUB_ETAG_TIMEOUT)
-    unreachable = (
-        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} for {repo_id!r}{at} "
-        "({reason}; waited up to " + f"{timeout:g} s, set by HF_HUB_ETAG_TIMEOUT). Ways out: "
-        f"{LOCAL_CHECKPOINT_WAY}, or set HF_HUB_OFFLINE=1 to use the files already in the Hugging Face cache."
-    )
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status is not None and status < 500:  # the Hub answered: not found, gated, no access
-            raise CheckpointError(
-                f"could not get {repo_id!r}{at} from the Hugging Face Hub: {_one_line(exc)}. "
-                "Check the id, the revision and your access (HF_TOKEN), or pass a local checkpoint directory."
-            ) from exc
-        return _cached_snapshot(repo_id, revision, unreachable.format(reason=_one_line(exc)), exc)
-    except Exception as exc:  # network errors: huggingface_hub's transport library's own types
-        return _cached_snapshot(repo_id, revision, unreachable.format(reason=_one_line(exc)), exc)
-    _announce_download(repo_id, info)
-    try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=CHECKPOINT_FILE_PATTERNS, etag_timeout=timeout
-            )
-        )
-    except HfHubHTTPError as exc:
+    except Exception as exc:  # network errors are huggingface_hub's transport library's own types
+        error = _hub_failure(exc, f"{repo_id!r}{at}", _METADATA_WAIT)
+        if isinstance(error, HubUnavailableError):
+            return _cached_snapshot(repo_id, revision, str(error), exc)
+        raise error from exc
+    files = _matching_files(info, patterns)
+    if not files:
         raise CheckpointError(
-            f"could not get {repo_id!r}{at} from the Hugging Face Hub: {_one_line(exc)}. Ways out: "
-            f"try again, or {LOCAL_CHECKPOINT_WAY}."
-        ) from exc
+            f"{repo_id!r}{at} on the Hugging Face Hub has none of the files {', '.join(patterns)}"
+        )
+    cached, missing = _split_cached(repo_id, info.sha, files)
+    _announce_download(repo_id, missing)
+    snapshots = {path.parent for path in cached} | {
+        _fetch(repo_id, revision, file.rfilename).parent for file in missing
+    }
+    if len(snapshots) != 1:  # the revision moved to a new commit part-way
+        raise CheckpointError(f"{repo_id!r}{at} changed on the Hugging Face Hub while downloading; try again")
+    return snapshots.pop()
+
+
+_METADATA_WAIT = "waited up to {etag:g} s, set by HF_HUB_ETAG_TIMEOUT"
+_DOWNLOAD_WAIT = "a download waits up to {download:g} s for data, set by HF_HUB_DOWNLOAD_TIMEOUT"
+
+
+def _fetch(repo_id: str, revision: str | None, name: str) -> Path:
+    """One file of a Hub repository, downloaded into the cache by ``hf_hub_download``.
+
+    Its metadata is asked for first, once, with our timeout: huggingface_hub retries a
+    metadata request that timed out with 60 s a try, for minutes. ``hf_hub_download``'s own
+    requests then have timeouts: ``HF_HUB_ETAG_TIMEOUT`` for the metadata, and reads of the
+    content ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds without data (resumed a few times).
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    timeout = float(constants.HF_HUB_ETAG_TIMEOUT)
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision), timeout=timeout)
     except Exception as exc:
-        raise HubUnavailableError(unreachable.format(reason=_one_line(exc))) from exc
+        raise _hub_failure(exc, f"{repo_id!r}{at}", _METADATA_WAIT) from exc
+    try:
+        return Path(hf_hub_download(repo_id, name, revision=revision, etag_timeout=timeout))
+    except Exception as exc:
+        raise _hub_failure(exc, f"{name} of {repo_id!r}{at}", _DOWNLOAD_WAIT) from exc
+
+
+def _hub_failure(exc: Exception, what: str, waited: str) -> CheckpointError:
+    """The error for a failed Hub request about ``what``: the Hub's answer (HTTP < 500: not
+    found, gated, no access) is a CheckpointError naming the id and access; anything else (no
+    answer in time, 5xx, a network error) is a HubUnavailableError naming the ways out."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = exc.response if isinstance(exc, HfHubHTTPError) else None
+    if response is not None and response.status_code < 500:
+        return CheckpointError(
+            f"could not get {what} from the Hugging Face Hub: {_one_line(exc)}. "
+            "Check the id, the revision and your access (HF_TOKEN), or pass a local checkpoint directory."
+        )
+    wait = waited.format(
+        etag=float(constants.HF_HUB_ETAG_TIMEOUT), download=float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    )
+    return HubUnavailableError(
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} for {what} ({_one_line(exc)}; "
+        f"{wait}). Ways out: {LOCAL_CHECKPOINT_WAY}, or set HF_HUB_OFFLINE=1 to use the files "
+        "already in the Hugging Face cache."
+    )
+
+
+def _matching_files(info: Any, patterns: list[str]) -> list[Any]:
+    """The files of a repository (``model_info``'s siblings) that match ``patterns``, in its
+    top folder only: a checkpoint's files lie side by side."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    top = [file for file in info.siblings or [] if "/" not in file.rfilename]
+    return list(filter_repo_objects(top, allow_patterns=patterns, key=lambda file: file.rfilename))
+
+
+def _split_cached(repo_id: str, commit: str | None, files: list[Any]) -> tuple[list[Path], list[Any]]:
+    """The cached paths of ``files`` at ``commit``, and the files not cached yet."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached: list[Path] = []
+    missing: list[Any] = []
+    for file in files:
+        path = try_to_load_from_cache(repo_id, file.rfilename, revision=commit)
+        if isinstance(path, str):
+            cached.append(Path(path))
+        else:
+            missing.append(file)
+    return cached, missing
 
 
 def _cached_snapshot(
@@ -184,20 +252,11 @@ def _cached_snapshot(
         raise HubUnavailableError(message) from (cause or exc)
 
 
-def _announce_download(repo_id: str, info: Any) -> None:
+def _announce_download(repo_id: str, missing: list[Any]) -> None:
     """One line before a download: how much, and where to. Logged (the CLI shows it on stderr);
     huggingface_hub's progress bars follow."""
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub import constants
 
-    files = filter_repo_objects(
-        info.siblings or [], allow_patterns=CHECKPOINT_FILE_PATTERNS, key=lambda file: file.rfilename
-    )
-    missing = [
-        file
-        for file in files
-        if not isinstance(try_to_load_from_cache(repo_id, file.rfilename, revision=info.sha), str)
-    ]
     if not missing:
         return
     size = sum(file.size or 0 for file in missing)

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CheckpointError, OptionsError
-from .loading import _read_json, default_model
+from .loading import CONFIG_FILES, _read_json, default_model, resolve_directory
 from .modeling.config import CLIP_VIT_L14_336, check_text_fields
 from .quantization import INT4_GROUP_SIZE, NF4_BLOCK_SIZE, QUANTIZE_LM_HEAD, check_quantization
 
@@ -205,28 +205,15 @@ def activation_peak_bytes(
 
 def read_config(name_or_path: str | Path | None = None, revision: str | None = None) -> dict[str, Any]:
     """A checkpoint's config.json, with its preprocessor's ``num_crops`` under ``"num_crops"``:
-    from a local directory, or only those two files from the Hub (no weights are fetched)."""
+    from a local directory, or only those two files from the Hub (no weights are fetched), by
+    the rules of loading: every Hub request has a timeout, and a Hub that cannot be used is a
+    ``HubUnavailableError`` naming the ways out."""
     name = default_model() if name_or_path is None else name_or_path
-    directory = Path(name).expanduser()
-    if directory.is_dir():
-        config = _read_json(directory / "config.json")
-        preprocessor_file = directory / "preprocessor_config.json"
-        crops = _read_json(preprocessor_file).get("num_crops", 16) if preprocessor_file.is_file() else 16
-        return {**config, "num_crops": crops}
-    try:
-        from huggingface_hub import hf_hub_download
-
-        config = _read_json(Path(hf_hub_download(str(name), "config.json", revision=revision)))
-        preprocessor = _read_json(
-            Path(hf_hub_download(str(name), "preprocessor_config.json", revision=revision))
-        )
-    except CheckpointError:
-        raise
-    except Exception as exc:  # the hub library raises many types: network, auth, not found
-        raise CheckpointError(
-            f"could not read the config of {str(name)!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return {**config, "num_crops": preprocessor.get("num_crops", 16)}
+    directory = resolve_directory(name, revision, files=CONFIG_FILES)
+    config = _read_json(directory / "config.json")
+    preprocessor_file = directory / "preprocessor_config.json"
+    crops = _read_json(preprocessor_file).get("num_crops", 16) if preprocessor_file.is_file() else 16
+    return {**config, "num_crops": crops}
 
 
 def plan_memory(
