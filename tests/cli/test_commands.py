@@ -229,11 +229,16 @@ def test_verbose_reports_timings_speed_and_memory(cli: Callable[..., Run]) -> No
     assert "peak process memory" in after and " GB" in after
 
 
-def test_a_hub_that_never_answers_is_one_line_in_bounded_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["describe", TINY], ["info", "--model", "microsoft/Phi-3-vision-128k-instruct"]],
+    ids=["describe", "info-model"],
+)
+def test_a_hub_that_never_answers_is_one_line_in_bounded_time(tmp_path: Path, command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PHI3VISION_"))}
     with hanging_hub() as endpoint:
         result = subprocess.run(
-            [sys.executable, "-m", "phi3vision", "describe", TINY],
+            [sys.executable, "-m", "phi3vision", *command],
             capture_output=True,
             text=True,
             timeout=120,  # the library waits 1 s here: a hang fails the test
