@@ -99,11 +99,13 @@ def hanging_hub() -> Iterator[str]:
 
 @contextmanager
 def checkpoint_hub(
-    directory: Path, repo_id: str, answers: frozenset[str] = REQUEST_KINDS
+    directory: Path, repo_id: str, answers: frozenset[str] = REQUEST_KINDS, files_commit: str = COMMIT
 ) -> Iterator[tuple[str, list[str]]]:
     """The endpoint URL of a Hub serving ``directory`` as ``repo_id`` (at commit ``COMMIT``),
     and the requests (``"METHOD PATH"``) it was asked for, to check what was downloaded.
-    A request of a kind (see ``REQUEST_KINDS``) not in ``answers`` gets no answer at all."""
+    A request of a kind (see ``REQUEST_KINDS``) not in ``answers`` gets no answer at all.
+    ``files_commit`` is the commit the files are served from (another one than the model
+    info's: the branch moved between the two requests)."""
     files = {path.name: path for path in sorted(directory.iterdir()) if path.is_file()}
     etags = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
     requests: list[str] = []
@@ -167,7 +169,7 @@ def checkpoint_hub(
             elif kind in ("head", "get") and path[len(resolve) :].partition("/")[2] in files:
                 name = path[len(resolve) :].partition("/")[2]
                 body = files[name].read_bytes()
-                headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etags[name]}"'}
+                headers = {"X-Repo-Commit": files_commit, "ETag": f'"{etags[name]}"'}
                 self._send(200, body, headers, head)
             else:
                 self._not_found(head)

@@ -285,3 +285,11 @@ def test_download_from_a_stand_in_hub_then_from_the_cache(tmp_path: Path, golden
     with _load(directory) as model:
         answer = model.generate("<|user|>\nhi<|end|>\n<|assistant|>\n", max_new_tokens=2)
         assert answer.usage.completion_tokens == 2
+    # The branch moves while a missing file is downloaded: the files would not be one snapshot.
+    (directory / "config.json").unlink()
+    with checkpoint_hub(served, "org/tiny", files_commit="f" * 40) as (moved, _):
+        mixed = _resolve("org/tiny", hf_home, moved)
+    assert mixed.returncode == 3
+    assert mixed.stdout.startswith(
+        "CheckpointError 'org/tiny' changed on the Hugging Face Hub while downloading"
+    )
