@@ -1,10 +1,10 @@
 """Quantised loading: the language model's linear layers stored as int8, int4 or nf4 weights.
 
 What is quantised: every ``nn.Linear`` of the Phi-3 decoder layers (attention ``qkv_proj``,
-``o_proj``, MLP ``gate_up_proj``, ``down_proj``) and ``lm_head`` (measured: quantising it keeps
-the greedy top-1 agreement, see docs/performance.md). The token embeddings, the norms, the CLIP
-vision tower and the image projector stay at the model's dtype: they are a small part of the
-weights and the image features are the most sensitive to rounding.
+``o_proj``, MLP ``gate_up_proj``, ``down_proj``) and ``lm_head`` (measured: it costs little of
+the greedy top-1 agreement, see ``QUANTIZE_LM_HEAD`` and docs/performance.md). The token
+embeddings, the norms, the CLIP vision tower and the image projector stay at the model's dtype:
+they are a small part of the weights and the image features are the most sensitive to rounding.
 
 The schemes, each from a well-kept library (``pip install 'phi3vision[quant]'``):
 
@@ -48,7 +48,10 @@ SUPPORTED_DEVICES = {"int8": ("cpu", "cuda"), "int4": ("cuda",), "nf4": ("cuda",
 INSTALL_HINT = "pip install 'phi3vision[quant]'"
 
 QUANTIZE_LM_HEAD = True
-"""Whether ``lm_head`` is quantised too (measured: agreement unchanged, memory and decode gain)."""
+"""Whether ``lm_head`` is quantised too. Measured on the bench's random weights (float32
+simulation): int8 in ``lm_head`` alone keeps 98.7% top-1 agreement, int8 in the decoder layers
+alone 90.6%; kept in float32 it would add 0.28 GiB to the real model's int8 plan and its
+bytes to every decoded token."""
 
 INT4_GROUP_SIZE = 128
 NF4_BLOCK_SIZE = 64

@@ -59,6 +59,13 @@ def add_arguments(
         help="how long a request waits for others to batch with (default: 10)",
     )
     limits.add_argument(
+        "--batch-max-wait-ms",
+        type=non_negative_int,
+        default=250,
+        metavar="MS",
+        help="how long a batch may wait, beyond the window, for requests still being read (default: 250)",
+    )
+    limits.add_argument(
         "--max-queue",
         type=positive_int,
         default=64,
@@ -117,6 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             max_batch_size=args.max_batch_size,
             batch_window_s=args.batch_window_ms / 1000,
+            batch_max_wait_s=args.batch_max_wait_ms / 1000,
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
             max_images=args.max_images,

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -326,6 +327,7 @@ def create_app(model: VisionModel, settings: ServerSettings) -> FastAPI:
             model,
             max_batch_size=settings.max_batch_size,
             window_s=settings.batch_window_s,
+            max_wait_s=settings.batch_max_wait_s,
             max_queue=settings.max_queue,
         )
         yield
@@ -391,32 +393,37 @@ def create_app(model: VisionModel, settings: ServerSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(http: Request) -> ChatCompletion | StreamingResponse:
-        # Parsed here rather than by FastAPI so that a body sent without a JSON content type
-        # (curl -d) is read all the same, and errors get OpenAI's 400 rather than a 422.
-        try:
-            request = ChatCompletionRequest.model_validate_json(await http.body())
-        except ValidationError as exc:
-            raise _invalid_request(exc.errors()) from None
-        if request.model != settings.model_name:
-            raise APIError(
-                404,
-                f"model {request.model!r} does not exist; this server serves {settings.model_name!r}",
-                type="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
-        check_supported(request)
-        options = generation_options(request, settings)
-        if count_images(request.messages) > settings.max_images:
-            raise _bad_request(
-                f"at most {settings.max_images} images are allowed per request", param="messages"
-            )
-        prompt = await asyncio.to_thread(build_prompt, request.messages, policy)
         batcher = state["batcher"]
+        with batcher.arrival():  # a batch about to start may wait for this request
+            # Parsed here rather than by FastAPI so that a body sent without a JSON content type
+            # (curl -d) is read all the same, and errors get OpenAI's 400 rather than a 422.
+            try:
+                request = ChatCompletionRequest.model_validate_json(await http.body())
+            except ValidationError as exc:
+                raise _invalid_request(exc.errors()) from None
+            if request.model != settings.model_name:
+                raise APIError(
+                    404,
+                    f"model {request.model!r} does not exist; this server serves {settings.model_name!r}",
+                    type="not_found_error",
+                    param="model",
+                    code="model_not_found",
+                )
+            check_supported(request)
+            options = generation_options(request, settings)
+            if count_images(request.messages) > settings.max_images:
+                raise _bad_request(
+                    f"at most {settings.max_images} images are allowed per request", param="messages"
+                )
+            prompt = await asyncio.to_thread(build_prompt, request.messages, policy)
+            if request.stream:
+                events, cancelled = _submit_stream(batcher, prompt, options)
+            else:
+                answer = batcher.submit(prompt, options)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return await _stream(batcher, prompt, options, settings.model_name, include_usage)
-        result = await asyncio.wrap_future(batcher.submit(prompt, options))
+            return await _stream(events, cancelled, settings.model_name, include_usage)
+        result = await asyncio.wrap_future(answer)
         failure = error_of(result)
         if failure is not None:
             raise api_error(failure)
@@ -433,11 +440,10 @@ def create_app(model: VisionModel, settings: ServerSettings) -> FastAPI:
     return BodyLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
 
 
-async def _stream(
-    batcher: Batcher, prompt: Prompt, options: GenerationOptions, model_name: str, include_usage: bool
-) -> StreamingResponse:
-    """Queue a streamed request and answer with server-sent events once it has started, so that
-    a bad request still gets its error status instead of a broken stream."""
+def _submit_stream(
+    batcher: Batcher, prompt: Prompt, options: GenerationOptions
+) -> tuple[asyncio.Queue[StreamEvent], threading.Event]:
+    """Queue a streamed request: the queue its events arrive in, and the event that stops it."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[StreamEvent] = asyncio.Queue()
 
@@ -445,7 +451,14 @@ async def _stream(
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens any more
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    cancelled = batcher.submit_stream(prompt, options, emit)
+    return events, batcher.submit_stream(prompt, options, emit)
+
+
+async def _stream(
+    events: asyncio.Queue[StreamEvent], cancelled: threading.Event, model_name: str, include_usage: bool
+) -> StreamingResponse:
+    """Answer a queued streamed request with server-sent events once it has started, so that a
+    bad request still gets its error status instead of a broken stream."""
     try:
         kind, value = await events.get()
     except BaseException:

@@ -2,7 +2,11 @@
 
 Requests that arrive within a short window of each other and ask for identical options are
 generated together through ``VisionModel.generate_batch`` (which takes one options object and
-keeps a failing item from failing the others). A streamed request, or one with a seed (whose
+keeps a failing item from failing the others). A batch about to start also waits, up to
+``max_wait_s``, for the requests the server is still reading (their bodies received, their
+images decoded: an ``Arrival`` each): without that, clients that send their next request when
+an answer comes split into groups whose requests never meet, each group's arriving while the
+other's batch runs. A streamed request, or one with a seed (whose
 sampled answer must not depend on its batch-mates), runs on its own. The event loop never
 waits on the model: it gets a ``concurrent.futures.Future`` (or stream events) back.
 """
@@ -13,8 +17,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,12 +60,23 @@ class _Job:
 class Batcher:
     """Collects requests and runs them on ``model`` in one worker thread."""
 
-    def __init__(self, model: VisionModel, *, max_batch_size: int, window_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        model: VisionModel,
+        *,
+        max_batch_size: int,
+        window_s: float,
+        max_queue: int,
+        max_wait_s: float | None = None,
+    ) -> None:
         self._model = model
         self._max_batch_size = max_batch_size
         self._window_s = window_s
+        self._max_wait_s = window_s if max_wait_s is None else max(window_s, max_wait_s)
         self._max_queue = max_queue
         self._pending: deque[_Job] = deque()
+        self._arriving = 0
+        """Requests being read that have not reached the queue yet (see ``arrival``)."""
         self._changed = threading.Condition()
         self._closing = False
         self.batches_run = 0
@@ -76,6 +92,19 @@ class Batcher:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """Around the reading of one request, up to and including its ``submit``: while it
+        lasts, a batch about to start may wait for it (up to ``max_wait_s``)."""
+        with self._changed:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._arriving -= 1
+                self._changed.notify_all()
 
     def submit(self, prompt: Prompt, options: GenerationOptions) -> Future[Generation]:
         """Queue a request for a whole answer."""
@@ -134,17 +163,19 @@ class Batcher:
             )
 
     def _next_jobs(self) -> list[_Job]:
-        """The next batch: the oldest job and, after the collection window, the queued jobs
-        with the same options. Empty when closing and nothing is left."""
+        """The next batch: the oldest job and, after the collection window (longer while
+        requests are still arriving, up to ``max_wait_s``), the queued jobs with the same
+        options. Empty when closing and nothing is left."""
         with self._changed:
             self._changed.wait_for(lambda: self._pending or self._closing)
             if not self._pending:
                 return []
             first = self._pending[0]
             if first.batch_key is not None and self._max_batch_size > 1 and not self._closing:
-                deadline = time.monotonic() + self._window_s
+                start = time.monotonic()
                 while self._batchable(first) < self._max_batch_size and not self._closing:
-                    left = deadline - time.monotonic()
+                    limit = self._max_wait_s if self._arriving else self._window_s
+                    left = start + limit - time.monotonic()
                     if left <= 0:
                         break
                     self._changed.wait(left)

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (default 32)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="the server's (default 8)")
     parser.add_argument("--batch-window-ms", type=int, default=10, help="the server's (default 10)")
+    parser.add_argument("--batch-max-wait-ms", type=int, default=250, help="the server's (default 250)")
     parser.add_argument("--log-level", default="warning", help="the server's (debug logs each batch)")
     return parser
 
@@ -83,6 +84,7 @@ def running_server(model: str, args: argparse.Namespace) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port), "--device", args.device, "--dtype", args.dtype,
         "--num-crops", str(args.num_crops), "--max-tokens", str(args.max_tokens),
         "--max-batch-size", str(args.max_batch_size), "--batch-window-ms", str(args.batch_window_ms),
+        "--batch-max-wait-ms", str(args.batch_max_wait_ms),
         "--max-queue", str(max(64, args.requests)), "--log-level", args.log_level,
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "PHI3VISION_API_KEY"}

@@ -22,6 +22,12 @@ class ServerSettings(BaseModel):
     batch_window_s: float = Field(
         0.01, ge=0, le=10, description="How long the first request of a batch waits for others to join"
     )
+    batch_max_wait_s: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="How long it may wait, beyond the window, for requests still being read",
+    )
     max_queue: int = Field(64, ge=1, description="Requests waiting for the model; more are refused with 503")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body (images included)")
     max_images: int = Field(8, ge=1, description="Images in one request, all messages together")
