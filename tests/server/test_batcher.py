@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import pytest
 
 from phi3vision import GenerationOptions, Prompt
 from phi3vision.server.batcher import Batcher
@@ -26,52 +28,43 @@ class RecordingModel:
         return [f"answer {i}" for i in range(len(prompts))]
 
 
-def _batcher(model: RecordingModel, max_wait_s: float) -> Batcher:
-    return Batcher(model, max_batch_size=8, window_s=0.01, max_wait_s=max_wait_s, max_queue=8)  # type: ignore[arg-type]
+@pytest.fixture
+def model() -> RecordingModel:
+    return RecordingModel()
 
 
-def test_a_batch_waits_for_a_request_still_being_read() -> None:
-    model = RecordingModel()
-    batcher = _batcher(model, max_wait_s=60)
-    options = GenerationOptions(max_new_tokens=4)
-    try:
-        with batcher.arrival():  # the second request: its body read, its images decoded
-            first = batcher.submit(Prompt().user("first"), options)
-            time.sleep(0.3)  # far beyond the 10 ms window
-            assert not model.started.is_set(), "the batch started without the arriving request"
-            second = batcher.submit(Prompt().user("second"), options)
-        assert (first.result(timeout=30), second.result(timeout=30)) == ("answer 0", "answer 1")
-    finally:
-        batcher.close(timeout=30)
+@pytest.fixture
+def batcher(model: RecordingModel) -> Iterator[Batcher]:
+    """A window of 10 ms, and a long wait for arriving requests (a busy CI machine is slow)."""
+    collector = Batcher(model, max_batch_size=8, window_s=0.01, max_wait_s=60, max_queue=8)  # type: ignore[arg-type]
+    yield collector
+    collector.close(timeout=30)
+
+
+OPTIONS = GenerationOptions(max_new_tokens=4)
+
+
+def test_a_batch_waits_for_a_request_still_being_read(model: RecordingModel, batcher: Batcher) -> None:
+    with batcher.arrival():  # the second request: its body read, its images decoded
+        first = batcher.submit(Prompt().user("first"), OPTIONS)
+        time.sleep(0.3)  # far beyond the 10 ms window
+        assert not model.started.is_set(), "the batch started without the arriving request"
+        second = batcher.submit(Prompt().user("second"), OPTIONS)
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("answer 0", "answer 1")
     assert model.batches == [2]
 
 
-def test_without_arrivals_a_batch_starts_after_its_window() -> None:
-    model = RecordingModel()
-    batcher = _batcher(model, max_wait_s=60)
-    options = GenerationOptions(max_new_tokens=4)
-    try:
-        first = batcher.submit(Prompt().user("first"), options)
-        assert model.started.wait(timeout=30), "the batch did not start after its window"
-        second = batcher.submit(Prompt().user("second"), options)
-        assert (first.result(timeout=30), second.result(timeout=30)) == ("answer 0", "answer 0")
-    finally:
-        batcher.close(timeout=30)
+def test_without_arrivals_a_batch_starts_after_its_window(model: RecordingModel, batcher: Batcher) -> None:
+    first = batcher.submit(Prompt().user("first"), OPTIONS)
+    assert model.started.wait(timeout=30), "the batch did not start after its window"
+    second = batcher.submit(Prompt().user("second"), OPTIONS)
+    assert (first.result(timeout=30), second.result(timeout=30)) == ("answer 0", "answer 0")
     assert model.batches == [1, 1]
 
 
-def test_an_arrival_that_ends_in_an_error_stops_the_wait() -> None:
-    model = RecordingModel()
-    batcher = _batcher(model, max_wait_s=60)
-    options = GenerationOptions(max_new_tokens=4)
-    try:
-        first = batcher.submit(Prompt().user("first"), options)
-        try:
-            with batcher.arrival():
-                raise ValueError("a bad request body")
-        except ValueError:
-            pass
-        assert first.result(timeout=30) == "answer 0"
-    finally:
-        batcher.close(timeout=30)
+def test_an_arrival_that_ends_in_an_error_stops_the_wait(model: RecordingModel, batcher: Batcher) -> None:
+    first = batcher.submit(Prompt().user("first"), OPTIONS)
+    with pytest.raises(ValueError), batcher.arrival():
+        raise ValueError("a bad request body")
+    assert first.result(timeout=30) == "answer 0"  # not the 60 s of the long wait
     assert model.batches == [1]
