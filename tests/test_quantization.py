@@ -162,3 +162,35 @@ def test_the_quant_bench_measures_every_variant_and_calibrates_the_agreement(gol
     assert 0.001 < calibration["int8_weight_error"] < 0.02
     table = bench_quant.render(result)
     assert "| float32 + int8 |" in table and "| int8 (the row above) |" in table
+
+
+def test_the_quant_bench_on_a_gpu_compares_the_cuda_schemes_with_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The GPU rows (none is lent here): which probes run, where, and against which reference."""
+    from phi3vision import bench_quant
+
+    probes: list[tuple[str, str | None, str]] = []
+
+    def fake_probe(path: Path, variant: tuple[str, str | None], crops: int, tokens: int, device: str) -> dict:
+        probes.append((*variant, device))
+        scale = {None: 1.0, "int8": 0.5, "int4": 0.3, "nf4": 0.3}[variant[1]]
+        return {
+            "load_added_rss_bytes": 1000 * scale,
+            "after_load_added_rss_bytes": 900 * scale,
+            "decode_tokens_per_s": 10 / scale,
+            "top1": [1, 2, 3, 4] if variant[1] is None else [1, 2, 3, 0],
+            "call_peak_added_rss_bytes": 1200 * scale,
+            "plan_total_bytes": 1100 * scale,
+            "prompt_tokens": 7,
+        }
+
+    monkeypatch.setattr(bench_quant, "_run_probe", fake_probe)
+    result = bench_quant.measure(tmp_path, 1, 4, 8, log=lambda message: None, device="cuda:1")
+    assert result["device"] == "cuda:1" and result["memory"] == "torch.cuda allocated bytes"
+    assert list(result["variants"]) == ["bfloat16", "bfloat16 + int8", "bfloat16 + int4", "bfloat16 + nf4"]
+    assert {device for *_, device in probes} == {"cuda:1"}
+    assert len(probes) == 5  # a warm-up, then one run of each
+    int4 = result["variants"]["bfloat16 + int4"]
+    assert int4["rss_ratio"] == pytest.approx(0.3) and int4["top1_agreement"] == 0.75
+    assert "| variant | load adds (MiB) | x bfloat16 |" in bench_quant.render(result)

@@ -17,6 +17,10 @@ process that fills the page cache):
   relative error of the int8 weights (what a weight error of that size costs here).
 
 Ratios compare figures of the same run. Output: a markdown table, then one JSON line.
+
+``--device cuda`` compares bfloat16 with int8, int4 and nf4 instead (the reference is
+bfloat16), and the memory figures are the GPU's (``torch.cuda`` allocated bytes, not RSS);
+``--layers 32`` gives the full-size language model.
 """
 
 from __future__ import annotations
@@ -50,7 +54,32 @@ TARGETS = {"rss_ratio": 0.55, "agreement": 0.95, "decode_speedup": 1.5, "plan_er
 memory plan within 15% of the measured call peak."""
 
 
-def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_tokens: int) -> dict[str, Any]:
+class CudaMeter:
+    """``RssMeter``'s interface over the GPU's allocated bytes (``torch.cuda``)."""
+
+    @staticmethod
+    def current() -> int:
+        import torch
+
+        return int(torch.cuda.memory_allocated())
+
+    @staticmethod
+    def reset() -> bool:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return True
+
+    @staticmethod
+    def peak() -> int:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+
+
+def probe(
+    path: str, quantization: str | None, dtype: str, num_crops: int, new_tokens: int, device: str = "cpu"
+) -> dict[str, Any]:
     """In a fresh process: load, then decode, then the logits over the prompt, then one image call."""
     import safetensors  # noqa: F401 - imported before the baseline
     import torch
@@ -62,12 +91,12 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
     from .modeling import phi3v  # noqa: F401
     from .prompt import Prompt
 
-    meter = RssMeter()
+    meter: RssMeter | CudaMeter = CudaMeter() if device.startswith("cuda") else RssMeter()
     gc.collect()
     before = meter.current()
     meter.reset()
     vm = VisionModel.from_pretrained(
-        path, device="cpu", dtype=dtype, quantization=quantization, num_crops=num_crops
+        path, device=device, dtype=dtype, quantization=quantization, num_crops=num_crops
     )
     load_peak = meter.peak()
     after = meter.current()
@@ -79,7 +108,7 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
         for _ in range(3)
     ]
     encoding = vm.encode(Prompt().user(PROMPT_TEXT))
-    top1 = vm.logits(encoding)[0].argmax(-1).tolist()
+    top1 = vm.logits(encoding)[0].argmax(-1).cpu().tolist()
 
     image_prompt = Prompt().user("Describe this image.", images=[synthetic_image(1344, 1344, seed=0)])
     image_encoding = vm.encode(image_prompt)
@@ -90,7 +119,7 @@ def probe(path: str, quantization: str | None, dtype: str, num_crops: int, new_t
     call_peak = meter.peak()
     plan = plan_memory(
         path,
-        device="cpu",
+        device=device,
         dtype=dtype,
         quantization=quantization,
         num_crops=num_crops,
@@ -154,9 +183,9 @@ def agreement_calibration(vm: Any, encoding: Any) -> dict[str, Any]:
     return result
 
 
-def _run_probe(path: Path, variant: Variant, num_crops: int, new_tokens: int) -> dict[str, Any]:
+def _run_probe(path: Path, variant: Variant, num_crops: int, new_tokens: int, device: str) -> dict[str, Any]:
     dtype, quantization = variant
-    command = [sys.executable, "-m", "phi3vision.bench_quant", "--probe", str(path)]
+    command = [sys.executable, "-m", "phi3vision.bench_quant", "--probe", str(path), "--device", device]
     command += ["--dtype", dtype, "--num-crops", str(num_crops), "--new-tokens", str(new_tokens)]
     if quantization is not None:
         command += ["--quantization", quantization]
@@ -170,8 +199,16 @@ def _run_probe(path: Path, variant: Variant, num_crops: int, new_tokens: int) ->
 Variant = tuple[str, "str | None"]
 
 VARIANTS: tuple[Variant, ...] = (("float32", None), ("bfloat16", None), ("float32", "int8"))
-"""(dtype, quantization) of each row; the first is the reference. bfloat16 without quantisation
-shows the agreement that mere rounding of full weights gives on random weights."""
+"""(dtype, quantization) of each row on a CPU; the first is the reference. bfloat16 without
+quantisation shows the agreement that mere rounding of full weights gives on random weights."""
+
+CUDA_VARIANTS: tuple[Variant, ...] = (
+    ("bfloat16", None),
+    ("bfloat16", "int8"),
+    ("bfloat16", "int4"),
+    ("bfloat16", "nf4"),
+)
+"""The rows on a GPU, against bfloat16 (what ``dtype="auto"`` loads there)."""
 
 
 def _name(variant: Variant) -> str:
@@ -180,17 +217,23 @@ def _name(variant: Variant) -> str:
 
 
 def measure(
-    path: Path, runs_per_variant: int, num_crops: int, new_tokens: int, log: Callable[[str], None]
+    path: Path,
+    runs_per_variant: int,
+    num_crops: int,
+    new_tokens: int,
+    log: Callable[[str], None],
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Every variant, ``runs_per_variant`` fresh processes each, interleaved so that a change in
-    the machine's load hits every variant alike; ratios are against the first (float32)."""
-    variants = list(VARIANTS)
-    _run_probe(path, variants[0], num_crops, new_tokens)  # warm-up: the page cache
+    the machine's load hits every variant alike; ratios are against the first (float32 on a
+    CPU, bfloat16 on a GPU)."""
+    variants = list(CUDA_VARIANTS if device.startswith("cuda") else VARIANTS)
+    _run_probe(path, variants[0], num_crops, new_tokens, device)  # warm-up: the page cache
     runs: dict[Variant, list[dict[str, Any]]] = {variant: [] for variant in variants}
     for run in range(runs_per_variant):
         for variant in variants:
             log(f"quant probe {_name(variant)} run {run + 1}/{runs_per_variant}")
-            runs[variant].append(_run_probe(path, variant, num_crops, new_tokens))
+            runs[variant].append(_run_probe(path, variant, num_crops, new_tokens, device))
     base = variants[0]
     reference = runs[base][0]["top1"]
 
@@ -225,6 +268,8 @@ def measure(
         for level, top1 in runs[base][0].get("noise_top1", {}).items()
     }
     return {
+        "device": device,
+        "memory": "torch.cuda allocated bytes" if device.startswith("cuda") else "resident set size",
         "runs": runs_per_variant,
         "num_crops": num_crops,
         "targets": TARGETS,
@@ -238,17 +283,20 @@ def measure(
 
 def section_quant(bench: Any) -> dict[str, Any]:
     """The ``quant`` section of ``python -m phi3vision.bench`` (use ``--size wide``): the same
-    measurements on the bench's checkpoint, with its ``--runs``, num_crops and max_new_tokens."""
+    measurements on the bench's checkpoint, with its ``--runs``, num_crops, max_new_tokens
+    and device (a GPU's rows on cuda, a CPU's elsewhere)."""
     s = bench.settings
-    return measure(Path(s.checkpoint), s.runs, s.num_crops, s.max_new_tokens, bench.log)
+    device = str(s.device) if str(s.device).startswith("cuda") else "cpu"
+    return measure(Path(s.checkpoint), s.runs, s.num_crops, s.max_new_tokens, bench.log, device)
 
 
 def render(result: dict[str, Any]) -> str:
     def mib(value: float) -> str:
         return f"{value / 2**20:,.0f}"
 
+    reference = next(iter(result["variants"]))
     lines = [
-        "| variant | load adds (MiB) | x float32 | decode tok/s | x float32 | top-1 agreement "
+        f"| variant | load adds (MiB) | x {reference} | decode tok/s | x {reference} | top-1 agreement "
         "| call peak (MiB) | plan (MiB) | plan error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -282,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="a checkpoint directory (default: random wide weights)")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the random checkpoint (2)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per scheme (3)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for bf16/int8/int4/nf4 (cpu)")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # internal, with --probe
     parser.add_argument("--num-crops", type=int, default=4, help="num_crops of the image call (4)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per decode run (32)")
@@ -297,10 +346,11 @@ def _log(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.probe is not None:
-        print(json.dumps(probe(args.probe, args.quantization, args.dtype, args.num_crops, args.new_tokens)))
+        found = probe(args.probe, args.quantization, args.dtype, args.num_crops, args.new_tokens, args.device)
+        print(json.dumps(found))
         return 0
     if args.model is not None:
-        result = measure(args.model, args.runs, args.num_crops, args.new_tokens, _log)
+        result = measure(args.model, args.runs, args.num_crops, args.new_tokens, _log, args.device)
     else:
         from .testing.checkpoint import tiny_checkpoint
 
@@ -309,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = tiny_checkpoint(
                 Path(temporary) / "checkpoint", num_hidden_layers=args.layers, **WIDE_SIZES
             )
-            result = measure(path, args.runs, args.num_crops, args.new_tokens, _log)
+            result = measure(path, args.runs, args.num_crops, args.new_tokens, _log, args.device)
     print(render(result))
     print(json.dumps(result), flush=True)
     return 0
