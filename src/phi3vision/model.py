@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from .calls import Call, CallMarks, GenerationStream, run_in_batches
-from .engine import CLOSED_MESSAGE, Engine, Method, Request
+from .engine import CLOSED_MESSAGE, Engine, EngineInfo, Method, Request
 from .errors import ModelClosedError, OptionsError
 from .limits import RequestLimits, check_model_options
 from .options import GenerationOptions, resolve_options
@@ -47,22 +47,11 @@ class ModelState(str, Enum):
         return format(str(self.value), format_spec)
 
 
-class ModelInfo(BaseModel):
-    """What was loaded and what was chosen (with the reason for each "auto" choice)."""
+class ModelInfo(EngineInfo):
+    """What was loaded and what was chosen (with the reason for each "auto" choice): the
+    engine's ``EngineInfo`` and the front end's ``num_crops`` and ``state``."""
 
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
-
-    model_id: str
-    revision: str | None
-    directory: str
-    device: str
-    dtype: str
-    attn_implementation: str
-    quantization: str | None = None
-    reasons: dict[str, str]
-    num_parameters: int
     num_crops: int
-    context_length: int
     state: Literal["loaded", "closed"]
 
 
@@ -174,10 +163,8 @@ class VisionModel(TaskMixin):
 
     @property
     def info(self) -> ModelInfo:
-        engine = vars(self.engine.info)
-        fields = {name: engine[name] for name in ModelInfo.model_fields if name in engine}
-        fields["reasons"] = dict(fields["reasons"])
-        return ModelInfo(**fields, num_crops=self.processor.num_crops, state=self._state.value)
+        engine = self.engine.info.model_dump()
+        return ModelInfo(**engine, num_crops=self.processor.num_crops, state=self._state.value)
 
     @property
     def context_length(self) -> int:
@@ -185,8 +172,7 @@ class VisionModel(TaskMixin):
 
     @property
     def model_ref(self) -> ModelRef:
-        engine = vars(self.engine.info)
-        return ModelRef(**{name: engine[name] for name in ModelRef.model_fields if name in engine})
+        return ModelRef(**self.engine.info.model_dump(include=set(ModelRef.model_fields)))
 
     @property
     def module(self) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel
 
 from ..prepared import PreparedPrompt
+from ..results import ModelRef
 
 if TYPE_CHECKING:
     from ..options import GenerationOptions
@@ -43,21 +44,15 @@ class Request:
     batch_index: int | None = None
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    """What an engine runs, for ``VisionModel.info`` and every result's ``model``."""
+class EngineInfo(ModelRef):
+    """What an engine runs, for ``VisionModel.info`` (which adds the front end's fields) and,
+    through its ``ModelRef`` fields, every result's ``model``."""
 
-    model_id: str
-    revision: str | None
     directory: str
-    device: str
-    dtype: str
-    attn_implementation: str
     reasons: dict[str, str]
     num_parameters: int
     context_length: int
     """Positions of prompt plus new tokens the engine accepts."""
-    quantization: str | None = None
 
 
 class Engine(Protocol):

@@ -104,7 +104,7 @@ class FakeVisionModel(VisionModel):
             limits=options.limits,
         )
         engine = model._scripted
-        engine.info = engine.info.__class__(**{**engine.info.__dict__, "reasons": _reasons(options)})
+        engine.info = engine.info.model_copy(update={"reasons": _reasons(options)})
         engine.reuse_prefix = options.reuse_prefix and not options.compile
         return model
 
